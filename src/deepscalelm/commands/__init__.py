@@ -1,0 +1,1 @@
+"""Subcommands of the ``dslm`` CLI, one module each (see `deepscalelm.cli`)."""

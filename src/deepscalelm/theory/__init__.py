@@ -1,0 +1,21 @@
+"""Closed-form signal propagation for transformers: pure Python, no torch.
+
+* `Signal`, `Grad`: moment records (mean/var/token correlation; gradient var/correlation).
+* `components`: Linear, Dropout, ReLU, GeLU, LayerNorm, Softmax, Attention, Embedding (spec §3).
+* `blocks`: FFN block, multi-head attention block, residual merge (spec §4).
+* `predict(config) -> Trajectory`: whole-model moments per sublayer (spec §5).
+* `schemes`: dslm, xavier, normal, gpt2, deepnet (spec §6, §7.2).
+"""
+
+from .moments import Grad, Signal
+from .schemes import Scheme, get_scheme
+
+__all__ = ["Signal", "Grad", "Scheme", "get_scheme", "predict", "components", "blocks", "schemes"]
+
+
+def __getattr__(name: str):
+    if name == "predict":
+        from .model import predict
+
+        return predict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,247 @@
+"""Closed-form moments of every transformer component (spec §3, the paper's Table 1).
+
+Each component has ``forward(x: Signal) -> Signal`` (moments of the output given the input's) and
+``backward(x: Signal, g: Grad) -> Grad`` (moments of the gradient at the input, given the forward
+input ``x`` and the gradient ``g`` arriving at the output). Assumptions (spec §2.2): for each hidden
+unit the L token values are jointly Gaussian and exchangeable (mean mu, variance sigma^2, pairwise
+correlation r); hidden units are independent; weights are i.i.d. zero-mean normal and independent of
+the inputs; the incoming gradient is independent of the forward activations.
+
+`Softmax` and `Attention` live in `deepscalelm.theory.attention` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .moments import Grad, Signal, clip_corr
+
+_TWO_PI = 2.0 * math.pi
+
+
+def _positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _nonneg(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _zero_mean(component: str, x: Signal) -> None:
+    if abs(x.mean) > 1e-6 * max(1.0, math.sqrt(x.var)):
+        raise ValueError(f"{component} moments assume a zero-mean input (e.g. a Linear output), got "
+                         f"mean={x.mean!r}; put a zero-mean-weight Linear or LayerNorm before it")
+
+
+@dataclass(frozen=True)
+class Linear:
+    """y = x W with W in R^{d_in x d_out}, W_ij ~ N(0, weight_var), no bias (spec §3.1).
+
+    A non-zero input mean acts as extra token correlation: r_out = (r sigma^2 + mu^2)/(sigma^2 + mu^2).
+    The gradient keeps its correlation: var_in = d_out * weight_var * var_g.
+    """
+
+    d_in: int
+    d_out: int
+    weight_var: float
+
+    def __post_init__(self) -> None:
+        _positive_int("d_in", self.d_in)
+        _positive_int("d_out", self.d_out)
+        _nonneg("weight_var", self.weight_var)
+
+    def forward(self, x: Signal) -> Signal:
+        m2 = x.second_moment
+        var = self.d_in * self.weight_var * m2
+        corr = (x.cov + x.mean ** 2) / m2 if m2 > 0 else 0.0
+        return Signal(0.0, var, clip_corr(corr))
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        return Grad(self.d_out * self.weight_var * g.var, g.corr)
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Inverted dropout with drop probability p: kept units scaled by 1/(1-p) (spec §3.2).
+
+    Output variance (sigma^2 + p mu^2)/(1-p); the token covariance is unchanged, so for mu = 0
+    r_out = (1-p) r. The gradient is masked the same way: var/(1-p), covariance unchanged.
+    """
+
+    p: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.p, (int, float)) or not (0.0 <= self.p < 1.0):
+            raise ValueError(f"p (dropout probability) must be in [0, 1), got {self.p!r}")
+
+    def forward(self, x: Signal) -> Signal:
+        var = (x.var + self.p * x.mean ** 2) / (1.0 - self.p)
+        return Signal(x.mean, var, clip_corr(x.cov / var) if var > 0 else 0.0)
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        var = g.var / (1.0 - self.p)
+        return Grad(var, clip_corr(g.cov / var) if var > 0 else 0.0)
+
+
+def relu_cov_factor(r: float) -> float:
+    """E[ReLU(u) ReLU(v)] / sigma^2 for standard-normal u, v with correlation r (uncentred)."""
+    r = clip_corr(r)
+    return (math.sqrt(1.0 - r * r) + (math.pi - math.acos(r)) * r) / _TWO_PI
+
+
+@dataclass(frozen=True)
+class ReLU:
+    """max(0, x) of a zero-mean Gaussian input (spec §3.3).
+
+    Output mean sigma/sqrt(2 pi), variance sigma^2 (pi-1)/(2 pi), second moment sigma^2/2; gradient
+    variance var_g/2 and covariance (1/4 + arcsin(r)/(2 pi)) r_g var_g.
+    """
+
+    def forward(self, x: Signal) -> Signal:
+        _zero_mean("ReLU", x)
+        s2 = x.var
+        mean = math.sqrt(s2 / _TWO_PI)
+        var = s2 * (math.pi - 1.0) / _TWO_PI
+        cov = s2 * relu_cov_factor(x.corr) - mean ** 2
+        return Signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        _zero_mean("ReLU", x)
+        r = clip_corr(x.corr)
+        var = g.var / 2.0
+        cov = (0.25 + math.asin(r) / _TWO_PI) * g.cov
+        return Grad(var, clip_corr(cov / var) if var > 0 else 0.0)
+
+
+def gelu_moments(s2: float) -> tuple[float, float]:
+    """(mean, variance) of GeLU(x) = x Phi(x) for x ~ N(0, s2) (spec §3.4)."""
+    a = s2 / (1.0 + s2)
+    mean = s2 / math.sqrt(_TWO_PI * (1.0 + s2))
+    var = (s2 / _TWO_PI) * (math.pi - a - math.acos(a) + 2.0 * a * math.sqrt((1.0 - a) / (1.0 + a)))
+    return mean, var
+
+
+@dataclass(frozen=True)
+class GeLU:
+    """x Phi(x) (exact erf form) of a zero-mean Gaussian input (spec §3.4).
+
+    Forward and backward gains differ (at unit input E[GeLU^2] = 0.4252, E[GeLU'^2] = 0.4559).
+    """
+
+    def forward(self, x: Signal) -> Signal:
+        _zero_mean("GeLU", x)
+        s2, r = x.var, clip_corr(x.corr)
+        if s2 == 0:
+            return Signal(0.0, 0.0, 0.0)
+        mean, var = gelu_moments(s2)
+        a = s2 / (1.0 + s2)
+        rs = r * s2
+        cov = (s2 / 4.0) * (r + (2.0 / math.pi) * r * math.asin(r * a)
+                            + (2.0 / math.pi) * s2 * (s2 * (1.0 - r * r) + (1.0 + r * r))
+                            / ((s2 + 1.0) * math.sqrt((s2 + 1.0) ** 2 - rs ** 2))) - mean ** 2
+        return Signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        _zero_mean("GeLU", x)
+        s2, r = x.var, clip_corr(x.corr)
+        a = s2 / (1.0 + s2)
+        gain = 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / (1.0 + 2.0 * s2) ** 1.5) / _TWO_PI
+        var = g.var * gain
+        if var == 0:
+            return Grad(0.0, 0.0)
+        rs, ra = r * s2, r * a
+        cov_gain = 0.5 + (-math.acos(ra) + ra * ((s2 + 1.0) * (2.0 * s2 + 3.0) - 2.0 * rs ** 2)
+                          / ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5) / _TWO_PI
+        return Grad(var, clip_corr(g.cov * cov_gain / var))
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    """Normalisation over d hidden units per token, without the affine part (spec §3.5).
+
+    Output mean 0, variance 1, covariance across hidden units of one token -1/(d-1) (`hidden_cov`).
+    Token correlation: the mean cosine of two centred Gaussian vectors with per-coordinate
+    correlation r in n = d-1 dimensions, r (1 - (1 - r^2)/(2n)) to first order in 1/n (the spec's
+    r (1 - 1/d) is the authors' simpler form; ours matches Monte Carlo better at small d, see
+    tests). Input mean is removed. Gradient: var_g / var_x and the same correlation (the division
+    is by the input *variance*, not the second moment).
+    """
+
+    d: int
+
+    def __post_init__(self) -> None:
+        _positive_int("d", self.d)
+        if self.d < 2:
+            raise ValueError(f"d must be >= 2 for LayerNorm, got {self.d!r}")
+
+    @property
+    def hidden_cov(self) -> float:
+        """Covariance of two different hidden units of the same token at the output."""
+        return -1.0 / (self.d - 1)
+
+    def forward(self, x: Signal) -> Signal:
+        r = clip_corr(x.corr)
+        return Signal(0.0, 1.0, clip_corr(r * (1.0 - (1.0 - r * r) / (2.0 * (self.d - 1)))))
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        if x.var <= 0:
+            raise ValueError("LayerNorm.backward needs an input with var > 0")
+        return Grad(g.var / x.var, g.corr)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One embedding table of ``vocab_size`` rows, entries N(0, weight_var) (spec §2.4).
+
+    The output of a lookup has mean 0, variance ``weight_var`` and token correlation equal to the
+    probability that two different positions hold the same row, ``same_row_prob`` (default: the Zipf
+    estimate zeta(2)/(ln V + gamma)^2). ``forward`` ignores its input (the input is discrete).
+
+    ``backward`` gives the moments of the gradient of one *used table row*: a row that occurs m
+    times in a sequence sums m position gradients, so its variance is m var_g (1 + (m-1) r_g) with
+    the expected multiplicity m = 1 + (seq_len - 1) same_row_prob (an approximation: it uses the mean
+    multiplicity, not its distribution). The correlation of two different rows is taken as 0.
+    """
+
+    vocab_size: int
+    weight_var: float
+    same_row_prob: float | None = None
+    seq_len: int = 1
+
+    def __post_init__(self) -> None:
+        _positive_int("vocab_size", self.vocab_size)
+        _positive_int("seq_len", self.seq_len)
+        _nonneg("weight_var", self.weight_var)
+        if self.same_row_prob is not None and not (0.0 <= self.same_row_prob <= 1.0):
+            raise ValueError(f"same_row_prob must be in [0, 1], got {self.same_row_prob!r}")
+
+    @property
+    def row_share(self) -> float:
+        if self.same_row_prob is not None:
+            return self.same_row_prob
+        if self.vocab_size < 2:
+            return 1.0
+        return min(1.0, (math.pi ** 2 / 6) / (math.log(self.vocab_size) + 0.5772156649) ** 2)
+
+    def forward(self, x: Signal | None = None) -> Signal:
+        return Signal(0.0, self.weight_var, self.row_share)
+
+    def backward(self, x: Signal | None, g: Grad) -> Grad:
+        m = 1.0 + (self.seq_len - 1) * self.row_share
+        return Grad(m * g.var * (1.0 + (m - 1.0) * g.corr), 0.0)
+
+
+def __getattr__(name: str):
+    # Softmax and Attention are defined in .attention; resolved lazily to avoid an import cycle.
+    if name in ("Softmax", "Attention"):
+        from . import attention
+
+        return getattr(attention, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Linear", "Dropout", "ReLU", "GeLU", "LayerNorm", "Embedding", "Softmax", "Attention",
+           "relu_cov_factor", "gelu_moments"]

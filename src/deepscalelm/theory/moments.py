@@ -1,0 +1,71 @@
+"""Immutable moment records of a forward signal and of a backward gradient.
+
+Conventions (spec §2.1): moments are entry-wise over a (tokens × hidden units) activation, with the
+expectation over both the input distribution and the random weights.
+
+* ``mean``: E[x_{i,k}].
+* ``var``: Var[x_{i,k}] (not the second moment).
+* ``corr``: token-to-token correlation, Cov(x_{i,k}, x_{j,k}) / Var for two *different* tokens
+  i != j at the same hidden unit k. In [-1, 1].
+
+Gradients have zero mean, so `Grad` carries only ``var`` and ``corr`` with the same meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _check(name: str, value: float, lo: float, hi: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < lo or value > hi:
+        raise ValueError(f"{name} must be a finite number in [{lo}, {hi}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Forward moments: mean, variance (>= 0) and token-to-token correlation (in [-1, 1])."""
+
+    mean: float = 0.0
+    var: float = 1.0
+    corr: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check("mean", self.mean, -math.inf, math.inf)
+        _check("var", self.var, 0.0, math.inf)
+        _check("corr", self.corr, -1.0, 1.0)
+
+    @property
+    def second_moment(self) -> float:
+        """E[x^2] = var + mean^2."""
+        return self.var + self.mean ** 2
+
+    @property
+    def cov(self) -> float:
+        """Token-to-token covariance corr * var."""
+        return self.corr * self.var
+
+
+@dataclass(frozen=True)
+class Grad:
+    """Backward moments of a zero-mean gradient: variance (>= 0) and token-to-token correlation."""
+
+    var: float = 1.0
+    corr: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check("var", self.var, 0.0, math.inf)
+        _check("corr", self.corr, -1.0, 1.0)
+
+    @property
+    def cov(self) -> float:
+        return self.corr * self.var
+
+
+def clip_corr(value: float) -> float:
+    """Clamp a correlation computed in floating point into [-1, 1]."""
+    return max(-1.0, min(1.0, value))
+
+
+__all__ = ["Signal", "Grad", "clip_corr"]
