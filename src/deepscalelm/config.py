@@ -62,8 +62,10 @@ class ModelConfig:
       rate (default: ``dropout``).
     * ``scheme``: initialisation/residual-scaling scheme name (see `deepscalelm.theory.schemes`);
       scheme options: ``k`` and ``alpha`` (DSLM: beta^2 = k / N^alpha), ``depth_unit`` (what N counts:
-      ``"blocks"``, the residual blocks of the stack, or ``"layers"``), ``r0`` (DSLM: embedding-output
-      token correlation, computed from the embedding set-up when None), ``std`` (normal/gpt2 weight std).
+      ``"blocks"``, the residual blocks of the stack, or ``"layers"``), ``r0`` (token correlation of the summed
+      embedding before dropout; computed from the embedding set-up when None), ``corr_schedule``
+      (DSLM V/O schedule: ``"exact"`` finite-L moments or the authors' large-L ``"paper"`` recursion),
+      ``std`` (normal/gpt2 weight std).
     * ``same_token_prob``: probability that two different positions of one sequence hold the same
       token (a data statistic; sum_i p_i^2 for i.i.d. tokens). None: Zipf estimate
       zeta(2) / (ln V + gamma)^2 from ``vocab_size``.
@@ -86,6 +88,7 @@ class ModelConfig:
     alpha: float = 1.0
     depth_unit: str = "blocks"
     r0: float | None = None
+    corr_schedule: str = "exact"
     std: float = 0.02
     same_token_prob: float | None = None
     n_decoder_layers: int | None = None
@@ -104,6 +107,7 @@ class ModelConfig:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("scheme", self.scheme, SCHEMES)
         _check_choice("depth_unit", self.depth_unit, DEPTH_UNITS)
+        _check_choice("corr_schedule", self.corr_schedule, ("exact", "paper"))
         _check_int("n_layers", self.n_layers, 1)
         _check_int("d_model", self.d_model, 1)
         _check_int("n_heads", self.n_heads, 1)

@@ -50,11 +50,54 @@ def paper_schedule(config: ModelConfig, r0: float) -> dict[str, float]:
     return out
 
 
-def attention_vo_variances(config: ModelConfig, schedule: str = "paper") -> dict[str, float]:
-    """Per attention block name (``{stack}layers.{i}.attn`` / ``.cross``): the V and O variance."""
+def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
+                   merges: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """sigma_V^2 (= sigma_O^2) per attention block so that its output variance is exactly 1.
+
+    Runs the forward propagation of `deepscalelm.theory.model` with every other weight already set;
+    at each attention block the output variance is quadratic in the common V/O variance s
+    (var_F = s^2 * var_F(s=1)), so s = 1/sqrt(var_F(s=1)) given the block's actual input moments.
+    """
+    from .model import _make_block, embedding_signal, forward_stack
+    from .schemes import Scheme
+
+    chosen: dict[str, float] = {}
+
+    def resolve(name: str, h, kv, causal: bool) -> float:
+        block = name.rsplit(".", 1)[1]
+        unit = _make_block(config, lambda n: 1.0 if n.endswith((".v.weight", ".o.weight"))
+                           else weight_var[n], name, block, causal)
+        var1 = (unit.forward(h, kv) if kv is not None else unit.forward(h)).var
+        s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / config.d_model
+        chosen[name] = s
+        return s
+
+    probe = Scheme("dslm", weight_var, merges)
+    memory = None
+    for stack, _n, _c in config.stacks():
+        emb = embedding_signal(config, probe, stack)
+        _, out = forward_stack(config, weight_var.__getitem__, merges.__getitem__, stack, emb,
+                               memory, vo_resolver=resolve)
+        if config.norm == "pre":
+            from .components import LayerNorm
+
+            out = LayerNorm(config.d_model).forward(out)
+        memory = out
+    return chosen
+
+
+def attention_vo_variances(config: ModelConfig, weight_var: dict[str, float] | None = None,
+                           merges: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """Per attention block name (``{stack}layers.{i}.attn`` / ``.cross``): the V (= O) variance.
+
+    Uses ``config.corr_schedule``: "paper" (spec §6.3 recursion) or "exact" (needs the other
+    weights' variances and the merges).
+    """
     from .schemes import embedding_corr
 
-    r0 = config.r0 if config.r0 is not None else embedding_corr(config)
-    if schedule == "paper":
+    if config.corr_schedule == "paper":
+        r0 = config.r0 if config.r0 is not None else embedding_corr(config)
         return paper_schedule(config, r0)
-    raise ValueError(f"schedule must be 'paper' or 'exact', got {schedule!r}")
+    if weight_var is None or merges is None:
+        raise ValueError("the exact schedule needs the other weights' variances and the merges")
+    return exact_schedule(config, weight_var, merges)

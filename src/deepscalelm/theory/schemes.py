@@ -202,7 +202,6 @@ def dslm(config: ModelConfig) -> Scheme:
     d, f, p = config.d_model, config.ffn_dim, config.dropout
     t = n_embedding_tables(config)
     emb_var = (1.0 - config.emb_p) / t
-    vo = attention_vo_variances(config)
     wv: dict[str, float] = {}
     for n, (rows, cols) in weight_shapes(config).items():
         if n == "patch_emb.weight":
@@ -212,7 +211,7 @@ def dslm(config: ModelConfig) -> Scheme:
         elif n.endswith((".q.weight", ".k.weight")):
             wv[n] = 1.0 / d
         elif n.endswith((".v.weight", ".o.weight")):
-            wv[n] = vo[n.rsplit(".", 2)[0]]
+            continue  # set below from the correlation schedule
         elif n.endswith(".fc1.weight"):
             wv[n] = math.sqrt(2 * (1 - p) / (d * f)) if config.activation == "relu" else 1.0 / d
         elif n.endswith(".fc2.weight"):
@@ -224,6 +223,10 @@ def dslm(config: ModelConfig) -> Scheme:
     for m in merge_names(config):
         b2 = dslm_beta2(config, _stack_of(m))
         merges[m] = (math.sqrt(1.0 - b2), math.sqrt(b2))
+    vo = attention_vo_variances(config, wv, merges)
+    for n in weight_shapes(config):
+        if n.endswith((".v.weight", ".o.weight")):
+            wv[n] = vo[n.rsplit(".", 2)[0]]
     tied = config.tie_embeddings and config.arch != "vit"
     scales = {"head_scale": 1.0 / math.sqrt(d * emb_var) if tied else 1.0}
     return Scheme("dslm", wv, merges, scales)

@@ -1,0 +1,205 @@
+"""Whole-model moment propagation (spec §5): `predict(config) -> Trajectory`.
+
+The engine walks the residual stream forward, block by block, with the block maps of
+`deepscalelm.theory.blocks`, then walks the gradient back from a unit-variance, uncorrelated seed at
+the model's final hidden state. Pre-LN: ``x <- lam*x + beta*F(LN(x))`` and a final LayerNorm;
+Post-LN: ``x <- LN(lam*x + beta*F(x))`` (no extra final norm). Encoder-decoders run the encoder, use
+its output as the key/value stream of every decoder cross-attention, and send the sum of the
+cross-attention key/value gradients back into the encoder.
+
+Modelling assumptions beyond the components': block outputs are uncorrelated with the stream they
+are added to (true at initialisation for zero-mean weights); statistics of causal attention are
+pooled over positions; per-position variance differences are not carried between layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import ModelConfig
+from ..records import Record, Trajectory
+from .blocks import AttentionBlock, FFNBlock, ResidualMerge, sum_grads, sum_signals
+from .components import Dropout, Embedding, LayerNorm, Linear
+from .moments import Grad, Signal
+from .naming import layer_blocks
+from .schemes import Scheme, embedding_corr, get_scheme
+
+# name of a block in a record (`cross` is the module name, `cross_attn` the record name)
+_RECORD_BLOCK = {"attn": "attn", "cross": "cross_attn", "ffn": "ffn"}
+
+VOResolver = Callable[[str, Signal, "Signal | None", float], float]
+
+
+@dataclass
+class _Step:
+    """Forward state of one residual merge."""
+
+    name: str          # module name of the block, e.g. "layers.3.ffn"
+    layer: int         # 1-based layer index
+    block: str         # "attn" | "cross" | "ffn"
+    comp: object       # FFNBlock | AttentionBlock
+    merge: ResidualMerge
+    x: Signal          # stream before the merge
+    h: Signal          # block input (LN(x) for Pre-LN, x for Post-LN)
+    f: Signal          # block output after its dropout
+    z: Signal          # lam*x + beta*F (before the Post-LN LayerNorm)
+    y: Signal          # stream after the merge
+    kv: Signal | None  # key/value stream of a cross-attention
+
+
+def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
+    """Moments of the embedding output after embedding dropout (spec §2.4).
+
+    Token table: correlation = P(two positions share a token) (`ModelConfig.token_repeat_prob`);
+    learned positions: 0; token types (one segment): 1. ViT: patch projection of unit-variance,
+    uncorrelated pixels plus the class token (weight 1/L of the positions). ``config.r0``, when set,
+    replaces the computed correlation of the sum.
+    """
+    wv = scheme.weight_var
+    if config.arch == "vit":
+        c = config.channels * config.patch_size ** 2
+        patch = Linear(c, config.d_model, wv["patch_emb.weight"]).forward(Signal(0.0, 1.0, 0.0))
+        n = config.seq_len
+        tok = Signal(0.0, ((n - 1) * patch.var + wv["cls_token"]) / n, 0.0)
+        parts = [tok, Signal(0.0, wv["pos_emb.weight"], 0.0)]
+    else:
+        parts = [Embedding(config.vocab_size, wv[f"{stack}tok_emb.weight"],
+                           config.token_repeat_prob, config.seq_len).forward(),
+                 Signal(0.0, wv[f"{stack}pos_emb.weight"], 0.0)]
+        if f"{stack}type_emb.weight" in wv:
+            parts.append(Signal(0.0, wv[f"{stack}type_emb.weight"], 1.0))
+    total = sum_signals(parts)
+    if config.r0 is not None:
+        total = Signal(total.mean, total.var, config.r0)
+    return Dropout(config.emb_p).forward(total)
+
+
+def _make_block(config: ModelConfig, wv: Callable[[str], float], name: str, block: str,
+                causal: bool) -> FFNBlock | AttentionBlock:
+    if block == "ffn":
+        return FFNBlock(config.d_model, config.ffn_dim, wv(f"{name}.fc1.weight"),
+                        wv(f"{name}.fc2.weight"), config.activation, config.dropout)
+    return AttentionBlock(config.d_model, config.n_heads, config.seq_len, wv(f"{name}.q.weight"),
+                          wv(f"{name}.k.weight"), wv(f"{name}.v.weight"), wv(f"{name}.o.weight"),
+                          attn_dropout=config.attn_dropout, dropout=config.dropout,
+                          causal=causal and block == "attn")
+
+
+def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
+                  merges: Callable[[str], tuple[float, float]], stack: str, x: Signal,
+                  memory: Signal | None = None, vo_resolver: VOResolver | None = None,
+                  ) -> tuple[list[_Step], Signal]:
+    """Propagate the stream of one stack forward; return its steps and its output.
+
+    ``vo_resolver(name, h, kv, o_var_unit)``, when given, chooses the V (= O) variance of each
+    attention block from the moments of its actual input (DSLM's exact schedule).
+    """
+    n_layers, causal = {s: (n, c) for s, n, c in config.stacks()}[stack]
+    ln = LayerNorm(config.d_model)
+    pre = config.norm == "pre"
+    steps: list[_Step] = []
+    for i in range(n_layers):
+        for block in layer_blocks(config, stack):
+            name = f"{stack}layers.{i}.{block}"
+            h = ln.forward(x) if pre else x
+            kv = memory if block == "cross" else None
+            lookup = weight_var
+            if vo_resolver is not None and block != "ffn":
+                s = vo_resolver(name, h, kv, causal and block == "attn")
+                lookup = (lambda n, s=s: s if n.endswith((".v.weight", ".o.weight")) else weight_var(n))
+            comp = _make_block(config, lookup, name, block, causal)
+            f = comp.forward(h, kv) if kv is not None else comp.forward(h)
+            merge = ResidualMerge(*merges(name))
+            z = merge.forward(x, f)
+            y = z if pre else ln.forward(z)
+            steps.append(_Step(name, i + 1, block, comp, merge, x, h, f, z, y, kv))
+            x = y
+    return steps, x
+
+
+def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
+                   ) -> tuple[list[Grad], Grad, list[Grad]]:
+    """Walk the gradient back through one stack.
+
+    ``g`` is the gradient at the stack's last stream point. Returns the gradient at the stream point
+    after each step (in forward order), the gradient at the stack input (the embedding output), and
+    the key/value gradients of the cross-attentions (to be summed into the encoder output).
+    """
+    ln = LayerNorm(config.d_model)
+    pre = config.norm == "pre"
+    after: list[Grad] = [g] * len(steps)
+    kv_grads: list[Grad] = []
+    for k in range(len(steps) - 1, -1, -1):
+        st = steps[k]
+        after[k] = g
+        g_z = g if pre else ln.backward(st.z, g)
+        if st.kv is not None:
+            gb = st.comp.backward(st.h, g_z, kv=st.kv)
+            gkv = st.comp.backward_kv(st.h, g_z, st.kv)
+            kv_grads.append(Grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
+        else:
+            gb = st.comp.backward(st.h, g_z)
+        if pre:
+            gb = ln.backward(st.x, gb)
+        g = st.merge.backward(g_z, gb)
+    return after, g, kv_grads
+
+
+def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signal,
+             g_emb: Grad) -> list[Record]:
+    recs = [Record(stack_label, 0, "embedding", emb.mean, emb.var, emb.corr, g_emb.var, g_emb.corr)]
+    for st, g in zip(steps, grads):
+        recs.append(Record(stack_label, st.layer, _RECORD_BLOCK[st.block], st.y.mean, st.y.var,
+                           st.y.corr, g.var, g.corr, st.f.var, st.f.corr))
+    return recs
+
+
+def predict(config: ModelConfig, scheme: Scheme | str | None = None,
+            seed: Grad = Grad(1.0, 0.0)) -> Trajectory:
+    """Predicted moments of every sublayer of the model described by ``config``.
+
+    ``scheme``: a `Scheme`, a scheme name, or None for ``config.scheme``. ``seed``: the gradient at
+    the model's final hidden state (default: unit variance, uncorrelated; the paper's protocol).
+    Returns a `Trajectory` with records in forward order (encoder stack first); see
+    `deepscalelm.records` for the fields.
+    """
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+    if scheme is None or isinstance(scheme, str):
+        scheme = get_scheme(config, scheme)
+    wv, mg = scheme.weight_var.__getitem__, scheme.merge
+    ln = LayerNorm(config.d_model)
+    pre = config.norm == "pre"
+    stacks = config.stacks()
+    fwd = []
+    memory = None
+    for stack, _n, _c in stacks:
+        emb = embedding_signal(config, scheme, stack)
+        steps, out = forward_stack(config, wv, mg, stack, emb, memory)
+        final = ln.forward(out) if pre else out
+        fwd.append((stack, emb, steps, out, final))
+        memory = final
+
+    records: list[Record] = []
+    g_top = seed
+    per_stack: list[list[Record]] = []
+    for stack, emb, steps, out, final in reversed(fwd):
+        label = stack.rstrip(".")
+        g_out = ln.backward(out, g_top) if pre else g_top
+        grads, g_emb, kv_grads = backward_stack(config, steps, g_out)
+        recs = _records(label, steps, grads, emb, g_emb)
+        if pre:
+            n_layers = {s: n for s, n, _ in stacks}[stack]
+            recs.append(Record(label, n_layers, "final_norm", final.mean, final.var, final.corr,
+                               g_top.var, g_top.corr))
+        per_stack.append(recs)
+        g_top = sum_grads(kv_grads) if kv_grads else Grad(0.0, 0.0)
+    for recs in reversed(per_stack):
+        records += recs
+    meta = {"config": config.to_dict(), "scheme": scheme.name, "seed_grad_var": seed.var,
+            "seed_grad_corr": seed.corr, "r0": embedding_corr(config)}
+    return Trajectory(records, "predicted", meta)
+
+
+__all__ = ["predict", "embedding_signal", "forward_stack", "backward_stack"]
