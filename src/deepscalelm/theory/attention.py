@@ -1,0 +1,503 @@
+"""Closed-form moments of softmax and of one scaled dot-product attention head (spec §3.6, §3.7).
+
+Pure Python (``math`` only), so the whole-model engine can call it thousands of times.
+
+Conventions (spec §2.1, `deepscalelm.theory.moments`): a `Signal` carries the mean, the variance and
+the token-to-token correlation ``corr`` of an activation (covariance of two *different* tokens at the
+same hidden unit over the variance); a `Grad` the variance and token correlation of a zero-mean
+gradient. All variances are in squared activation units; no quantity here has physical units.
+
+Input model (spec §2.2): for every hidden unit the L token values are jointly Gaussian and
+exchangeable (variance sigma^2, pairwise correlation r), hidden units are independent, the weights are
+i.i.d. zero-mean normal and independent of everything, and the gradient arriving from above is an
+independent Gaussian field with variance sigma_g^2 and token correlation r_g.
+
+Two forms are offered for the attention head:
+
+* ``exact=False``: the authors' large-L formulas of spec §3.7, transcribed literally (bidirectional
+  only; for ``causal=True`` the same expressions are applied per query position with the window
+  size in place of L and pooled over positions).
+* ``exact=True`` (default): our finite-L version, derived in ``docs/causal_attention.md``. It uses the
+  finite-window softmax second moment S_n = n E[p^2] (computed by a one-dimensional quadrature with a
+  Fenton-Wilkinson log-normal model of the softmax denominator) instead of the large-L exponent
+  e^{(1-r) sigma_s^2}/L, keeps the dropout term of the shared (correlated) part of the values, makes
+  every logit-coupling term vanish for a one-key window, and pools causal windows exactly over
+  positions. The backward pass adds the gradient through the softmax into Q and K
+  (``qk_grad=True``), to first order in the logit fluctuations.
+
+Inputs with a non-zero mean mu are folded into the Gaussian model: every path into the head goes
+through a zero-mean weight matrix, so the mean acts as an extra component shared by all tokens,
+sigma^2 -> sigma^2 + mu^2 and r -> (r sigma^2 + mu^2)/(sigma^2 + mu^2) (the same rule as `Linear`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .moments import Grad, Signal, clip_corr
+
+__all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass"]
+
+# Trapezoid rule on a standard normal variable z in [-_Z_MAX, _Z_MAX] with step _Z_STEP. For the
+# smooth integrands used below (logistic functions of an affine function of z) it is accurate to far
+# better than 1e-6 relative.
+_Z_STEP = 0.5
+_Z_MAX = 7.0
+_NODES = [(-_Z_MAX + k * _Z_STEP) for k in range(int(round(2 * _Z_MAX / _Z_STEP)) + 1)]
+_WEIGHTS = [math.exp(-0.5 * z * z) for z in _NODES]
+_WSUM = sum(_WEIGHTS)
+_WEIGHTS = [w / _WSUM for w in _WEIGHTS]
+
+# beyond this window size S_n is taken from its large-n form (e^v + b/n)/n with b matched here
+_N_QUAD = 32
+
+
+def _check_int(name: str, value: int, lo: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def _check_var(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _fold_mean(x: Signal) -> tuple[float, float]:
+    """(variance, correlation) seen by a zero-mean weight matrix: the mean is a shared component."""
+    m2 = x.var + x.mean ** 2
+    if m2 <= 0.0:
+        return 0.0, 0.0
+    return m2, clip_corr((x.corr * x.var + x.mean ** 2) / m2)
+
+
+def _exp(v: float) -> float:
+    """e^v clamped below overflow (such logit variances are far outside the validity range)."""
+    return math.exp(min(v, 700.0))
+
+
+def _logistic_sq(w: float) -> float:
+    """(1/(1+e^w))^2, overflow-safe."""
+    if w > 0:
+        e = math.exp(-w)
+        return (e / (1.0 + e)) ** 2
+    return 1.0 / (1.0 + math.exp(w)) ** 2
+
+
+def softmax_sq_mass(n: int, v: float) -> float:
+    """S_n = n E[p_1^2] = E[sum_j p_j^2] for p = softmax of n i.i.d. N(0, v) logits.
+
+    ``v`` is the *effective* logit variance (1 - r) sigma^2 (the part shared by all logits cancels).
+    S_1 = 1; S_n -> e^v / n for large n; S_n = 1/n at v = 0. Computed as E[logistic(-w)^2] with
+    w = log R - s_1, where the sum R of the other n - 1 exponentials is modelled as log-normal with
+    the same mean and variance (Fenton-Wilkinson; exact for n = 2), by a 29-node quadrature.
+    Accuracy against Monte Carlo (1e5 samples per point, n = 2..128): within 1% for v <= 0.5,
+    +3.5% at most for v = 1 and +17% at most for v = 2 (worst at n = 4..16; the log-normal closure
+    over-weights the heavy tail of R); exact for n <= 2 and tending to exact for large n.
+    """
+    if n == 1:
+        return 1.0
+    if v <= 0.0:
+        return 1.0 / n
+    if v > 30.0:   # log(1 + (e^v - 1)/(n - 1)) without overflow
+        s2r = v + math.log1p((n - 2) * math.exp(-v)) - math.log(n - 1)
+    else:
+        s2r = math.log1p(math.expm1(v) / (n - 1))   # log-normal variance of R
+    mur = math.log(n - 1) + 0.5 * v - 0.5 * s2r     # log-normal mean of R
+    sw = math.sqrt(v + s2r)
+    acc = 0.0
+    for z, w in zip(_NODES, _WEIGHTS):
+        acc += w * _logistic_sq(mur + sw * z)
+    return n * acc
+
+
+def softmax_masses(n: int, v: float) -> tuple[float, float]:
+    """(S_n, C_n) = (E[sum_j p_j^2], E[sum_j p_j^3]) for p = softmax of n i.i.d. N(0, v) logits.
+
+    Same log-normal closure and quadrature as `softmax_sq_mass`; C_n -> e^{3v}/n^2 for large n.
+    """
+    if n == 1:
+        return 1.0, 1.0
+    if v <= 0.0:
+        return 1.0 / n, 1.0 / n ** 2
+    if v > 30.0:
+        s2r = v + math.log1p((n - 2) * math.exp(-v)) - math.log(n - 1)
+    else:
+        s2r = math.log1p(math.expm1(v) / (n - 1))
+    mur = math.log(n - 1) + 0.5 * v - 0.5 * s2r
+    sw = math.sqrt(v + s2r)
+    acc2 = acc3 = 0.0
+    for z, w in zip(_NODES, _WEIGHTS):
+        q2 = _logistic_sq(mur + sw * z)
+        acc2 += w * q2
+        acc3 += w * q2 * math.sqrt(q2)
+    return n * acc2, n * acc3
+
+
+def jac_mass(s: float, c: float) -> float:
+    """J = E[sum_j p_j^2 (delta_j - sum_l p_l delta_l)^2] / Var(delta) = S - 2 C + S^2 for i.i.d.
+    unit-variance delta: the squared softmax-Jacobian mass that feeds the Q/K gradient path."""
+    return max(s - 2.0 * c + s * s, 0.0)
+
+
+class _SqMassTable:
+    """Sums over windows n = 1..N of S_n and S_n / n for one effective variance v, O(_N_QUAD)."""
+
+    def __init__(self, n_max: int, v: float) -> None:
+        ev = _exp(v)
+        a1 = a2 = a3 = a4 = 0.0
+        m = min(n_max, _N_QUAD)
+        s = c = 1.0
+        for n in range(1, m + 1):
+            s, c = softmax_masses(n, v)
+            a1 += s
+            a2 += s / n
+            a3 += s * s
+            a4 += c
+        self.s_last, self.c_last = s, c
+        if n_max > m:
+            # large-n form S_n = (e^v + b/n)/n with b matched at n = m
+            b = m * (m * s - ev)
+            h1, h2, h3 = _tail_sums(m, n_max)
+            a1 += ev * h1 + b * h2
+            a2 += ev * h2 + b * h3
+            a3 += ev * ev * h2 + 2 * ev * b * h3   # dropping the b^2/n^4 tail
+            a4 += c * m * m * h2                    # C_n = C_m (m/n)^2
+            self.s_last = (ev + b / n_max) / n_max
+            self.c_last = c * (m / n_max) ** 2
+        self.sum_s = a1        # sum_n S_n
+        self.sum_s_n = a2      # sum_n S_n / n
+        self.sum_s2 = a3       # sum_n S_n^2
+        self.sum_c = a4        # sum_n C_n
+        self.sum_j = max(a1 - 2.0 * a4 + a3, 0.0)   # sum_n J_n
+        self.j_last = jac_mass(self.s_last, self.c_last)
+
+
+_TAIL_CACHE: dict[tuple[int, int], tuple[float, float, float]] = {}
+
+
+def _tail_sums(m: int, n_max: int) -> tuple[float, float, float]:
+    key = (m, n_max)
+    if key not in _TAIL_CACHE:
+        h1 = h2 = h3 = 0.0
+        for n in range(m + 1, n_max + 1):
+            h1 += 1.0 / n
+            h2 += 1.0 / n ** 2
+            h3 += 1.0 / n ** 3
+        _TAIL_CACHE[key] = (h1, h2, h3)
+    return _TAIL_CACHE[key]
+
+
+class Softmax:
+    """Softmax over a length-``seq_len`` vector of logits (spec §3.6).
+
+    The logits have variance sigma^2 and pairwise correlation r (their mean is irrelevant). Only
+    the effective variance v = (1 - r) sigma^2 matters. ``exact=True`` uses the spec's "full" forms,
+    ``exact=False`` its large-L approximations:
+
+    * mean 1/L;
+    * variance: full (E - 1) E^2 / ((L-1) e^v + 1)^2 with E = e^{v L/(L-1)}; approx (e^v - 1)/L^2;
+    * correlation of two different entries: -1/(L-1) exactly (the entries sum to one, so
+      L var + L (L-1) cov = 0);
+    * gradient variance: full sigma_g^2 (var_out + 1/L^2) = sigma_g^2 E[p^2], approx
+      e^v sigma_g^2 / L^2. A gradient component shared by all entries (correlation r_g) is removed
+      by the softmax Jacobian (J 1 = 0), so sigma_g^2 is replaced by (1 - r_g) sigma_g^2 (exact; the
+      spec's checks use r_g = 0). The input gradient sums to zero, so its correlation is -1/(L-1).
+
+    Validity: both forms assume log-normal-like statistics of the normaliser and are accurate for
+    v <~ 1 (the authors validated sigma <= 1); they over-estimate the variance badly for v >> 1
+    (about 3x at sigma = 2, L = 300; see tests and docs/validation.md).
+    """
+
+    def __init__(self, seq_len: int, exact: bool = True) -> None:
+        _check_int("seq_len", seq_len, 2)
+        self.seq_len = seq_len
+        self.exact = bool(exact)
+
+    def _var(self, v: float) -> float:
+        L = self.seq_len
+        if self.exact:
+            big_e = _exp(v * L / (L - 1))
+            return (big_e - 1.0) * big_e ** 2 / ((L - 1) * _exp(v) + 1.0) ** 2
+        return (_exp(v) - 1.0) / L ** 2
+
+    def forward(self, x: Signal) -> Signal:
+        v = (1.0 - x.corr) * x.var
+        return Signal(1.0 / self.seq_len, self._var(v), -1.0 / (self.seq_len - 1))
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        v = (1.0 - x.corr) * x.var
+        L = self.seq_len
+        ge = (1.0 - g.corr) * g.var
+        if self.exact:
+            var = ge * (self._var(v) + 1.0 / L ** 2)
+        else:
+            var = ge * _exp(v) / L ** 2
+        return Grad(var, -1.0 / (L - 1))
+
+
+class Attention:
+    """One scaled dot-product attention head (spec §3.7), output A V before the output projection.
+
+    Q = x W_Q, K = x W_K, V = x W_V with W in R^{d_model x d_head}, entries N(0, q_var / k_var /
+    v_var); logits Q K^T / sqrt(d_head); softmax over keys (over keys 1..i for query i when
+    ``causal``); inverted dropout with rate ``attn_dropout`` on the probabilities.
+
+    ``forward(x) -> Signal`` gives the pooled moments of the L x d_head output (variance = mean over
+    positions of the per-position variance, covariance = mean over position pairs i != j).
+    ``backward(x, g) -> Grad`` gives the moments of the gradient at x contributed by this head
+    (value path, plus the softmax path into Q and K when ``qk_grad``), g being the gradient at the
+    head output.
+
+    Cross-attention: ``kv`` gives the moments of the key/value stream (queries from x, the streams
+    uncorrelated); then ``seq_len`` is the number of keys and ``q_len`` (default ``seq_len``) the
+    number of queries. ``backward(x, g, kv=kv)`` is the gradient at the query input (Q path only,
+    zero when ``qk_grad=False``), ``backward_kv(x, g, kv)`` the one at the key/value input.
+
+    Keywords: ``exact`` (default True) finite-L form, False the authors' literal large-L form;
+    ``qk_grad`` (default True) add the Q/K path to the gradient, False gives exactly the paper's
+    value-path formula (with ``exact=False``). Validity: first order in the logit fluctuations of
+    the coupling terms; accurate for logit variance sigma_s^2 = d^2 q_var k_var sigma^4 <~ 1.
+    """
+
+    def __init__(self, d_model: int, d_head: int, seq_len: int, q_var: float, k_var: float,
+                 v_var: float, attn_dropout: float = 0.0, causal: bool = False, *,
+                 exact: bool = True, qk_grad: bool = True, q_len: int | None = None) -> None:
+        _check_int("d_model", d_model, 1)
+        _check_int("d_head", d_head, 1)
+        _check_int("seq_len", seq_len, 1 if causal else 2)
+        _check_var("q_var", q_var)
+        _check_var("k_var", k_var)
+        _check_var("v_var", v_var)
+        if not isinstance(attn_dropout, (int, float)) or isinstance(attn_dropout, bool) \
+                or not (0.0 <= attn_dropout < 1.0):
+            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
+        if q_len is not None:
+            _check_int("q_len", q_len, 1)
+        self.d_model, self.d_head, self.seq_len = d_model, d_head, seq_len
+        self.q_var, self.k_var, self.v_var = float(q_var), float(k_var), float(v_var)
+        self.attn_dropout = float(attn_dropout)
+        self.causal = bool(causal)
+        self.exact = bool(exact)
+        self.qk_grad = bool(qk_grad)
+        self.q_len = seq_len if q_len is None else q_len
+        L = seq_len
+        # position sums for causal pooling (window of query i is n = i)
+        h = [0.0] * (L + 1)
+        for i in range(1, L + 1):
+            h[i] = h[i - 1] + 1.0 / i
+        self._harm = h[L]                                   # H_L
+        self._sum_t2 = sum((h[L] - h[j - 1]) ** 2 for j in range(1, L + 1))  # sum_j T_j^2
+        # P_K = sum_j sum_{i != k >= j} (1 - 1/min(i,k)) / (i k)   and the same with the square;
+        # (1 - 1/min(i,k)) is the overlap of the window-centred key fluctuations of queries i, k
+        pk = pkk = 0.0
+        inner1 = inner2 = 0.0                 # sum_{i<k} (1 - 1/i), sum_{i<k} (1 - 1/i)^2
+        for k in range(1, L + 1):
+            pk += inner1 / k
+            pkk += inner2 / k
+            inner1 += 1.0 - 1.0 / k
+            inner2 += (1.0 - 1.0 / k) ** 2
+        self._pk, self._pkk = 2.0 * pk, 2.0 * pkk
+        self._memo: dict[float, _SqMassTable] = {}
+
+    # ----------------------------------------------------------------------------- helpers
+    def _table(self, v: float) -> _SqMassTable:
+        tab = self._memo.get(v)
+        if tab is None:
+            if len(self._memo) > 256:
+                self._memo.clear()
+            tab = _SqMassTable(self.seq_len, v)
+            self._memo[v] = tab
+        return tab
+
+    def _jac_mass(self, v: float) -> float:
+        """J_L = S_L - 2 C_L + S_L^2 for the full (bidirectional) window."""
+        if not self.exact:
+            s = _exp(v) / self.seq_len
+            return s * (1.0 - 1.0 / self.seq_len)
+        if self.seq_len > _N_QUAD:
+            return self._table(v).j_last
+        return jac_mass(*softmax_masses(self.seq_len, v))
+
+    def _sq_mass(self, v: float) -> float:
+        """S_L for the full (bidirectional) window."""
+        if self.exact:
+            return self._table(v).s_last if self.seq_len > _N_QUAD else softmax_sq_mass(self.seq_len, v)
+        return _exp(v) / self.seq_len
+
+    def _moments(self, x: Signal, kv: Signal | None):
+        s2x, rx = _fold_mean(x)
+        if kv is None:
+            s2k, rk = s2x, rx
+        else:
+            s2k, rk = _fold_mean(kv)
+        d = self.d_model
+        qk = self.q_var * self.k_var
+        ss = d * d * qk * s2x * s2k                 # logit variance sigma_s^2
+        v = (1.0 - rk) * ss                         # effective (key-to-key) logit variance
+        return s2x, rx, s2k, rk, ss, v
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, x: Signal, kv: Signal | None = None) -> Signal:
+        """Pooled moments of the head output (mean 0)."""
+        if kv is not None and self.causal:
+            raise ValueError("causal must be False for cross-attention (kv given)")
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        d, L = self.d_model, self.seq_len
+        dv = d * self.v_var
+        a = 1.0 / (1.0 - self.attn_dropout)
+        # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (spec's d q k sigma^6 for self-attention)
+        t = d * self.q_var * self.k_var * s2x * s2k * s2k
+        c2 = (1.0 - rk) ** 2 * t
+        if not self.exact:
+            if self.causal:
+                # authors' expressions per window n = i, pooled over positions
+                ev = _exp(v)
+                var = rk * s2k + ((1 - 1 / L) * 0 + (L - self._harm) * c2
+                                  + ev * a * (4 * c2 + (1 - rk) * s2k) * self._harm) / L
+                pair = 2.0 * (L - self._harm) / (L * (L - 1)) if L > 1 else 0.0
+                cov = rk * s2k + (2 * c2 + (1 - rk) * s2k) * pair
+            else:
+                ev = _exp(v)
+                var = ((L - 1) * c2 + ev * a * (4 * c2 + (1 - rk) * s2k)) / L + rk * s2k
+                cov = rk * s2k + (2 * c2 + (1 - rk) * s2k) / L
+            return self._signal(dv * var, dv * cov)
+        diag = 4.0 if kv is None else 0.0           # query-side coupling exists only for self-attention
+        if self.causal:
+            tab = self._table(v)
+            var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
+                   + c2 * ((L - self._harm) + diag * a * (tab.sum_s - tab.sum_s_n)) / L)
+            pair = 2.0 * (L - self._harm) / (L * (L - 1)) if L > 1 else 0.0
+            cov = rk * s2k + ((1 - rk) * s2k + 2 * c2) * pair
+        else:
+            s = self._sq_mass(v)
+            f = 1.0 - 1.0 / L
+            var = rk * s2k + s2k * s * (a - rk) + c2 * f * (1.0 + diag * a * s)
+            if kv is None:
+                cov = rk * s2k + ((1 - rk) * s2k + 2 * c2) / L
+            else:
+                # two queries with correlation r_x have correlated attention patterns:
+                # L E[A_ij A_kj] = exp(r_x v)
+                cov = rk * s2k + (1 - rk) * s2k * _exp(rx * v) / L
+        return self._signal(dv * var, dv * cov)
+
+    @staticmethod
+    def _signal(var: float, cov: float) -> Signal:
+        var = max(var, 0.0)
+        return Signal(0.0, var, clip_corr(cov / var) if var > 0 else 0.0)
+
+    @staticmethod
+    def _grad(var: float, cov: float) -> Grad:
+        var = max(var, 0.0)
+        return Grad(var, clip_corr(cov / var) if var > 0 else 0.0)
+
+    # ----------------------------------------------------------------------------- backward
+    def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
+        """Gradient moments at the (query) input x contributed by this head."""
+        if kv is not None:
+            if self.causal:
+                raise ValueError("causal must be False for cross-attention (kv given)")
+            qv, qc = self._q_path(x, g, kv)
+            return self._grad(qv, qc)
+        vv, vc = self._value_path(x, g, None)
+        if not self.qk_grad:
+            return self._grad(vv, vc)
+        qv, qc = self._q_path(x, g, None)
+        kv_, kc = self._k_path(x, g, None)
+        return self._grad(vv + qv + kv_, vc + qc + kc)
+
+    def backward_kv(self, x: Signal, g: Grad, kv: Signal) -> Grad:
+        """Gradient moments at the key/value input of a cross-attention head (value + K path)."""
+        if self.causal:
+            raise ValueError("causal must be False for cross-attention (kv given)")
+        if kv is None:
+            raise ValueError("kv must be a Signal for backward_kv")
+        vv, vc = self._value_path(x, g, kv)
+        if not self.qk_grad:
+            return self._grad(vv, vc)
+        kv_, kc = self._k_path(x, g, kv)
+        return self._grad(vv + kv_, vc + kc)
+
+    def _value_path(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[float, float]:
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        L = self.seq_len
+        scale = self.d_head * self.v_var * g.var
+        a = 1.0 / (1.0 - self.attn_dropout)
+        rg = g.corr
+        if not self.exact:
+            if self.causal:
+                # authors' value-path expression with the causal window counts (S_i = 1/i)
+                var = (a * self._harm + rg * (self._sum_t2 - self._harm)) / L
+                cov = ((L - self._harm) + rg * (L * L - self._sum_t2 - (L - self._harm))) / (L * (L - 1)) \
+                    if L > 1 else 0.0
+                return scale * var, scale * cov
+            var = (1.0 + (L - 1) * rg / a) * a / L
+            cov = (1.0 + (L - 1) * rg) / L
+            return scale * var, scale * cov
+        # Two different queries i, k attending to the same key j: correlated queries (r_x) give
+        # correlated logits (covariance r_x v), and only the window-centred part of a logit moves
+        # the softmax, so E[A_ij A_kj] = (1 + (rho - 1)(1 - 1/max(n_i, n_k))) / (n_i n_k) with
+        # rho = e^{r_x v}. The sum of A_ij A_kl over all key pairs is 1, so the pairs j != l lose
+        # what j = l gains.
+        rho1 = _exp(rx * v) - 1.0
+        if self.causal:
+            tab = self._table(v)
+            diag = self._sum_t2 - self._harm + rho1 * self._pk
+            var = (a * tab.sum_s + rg * diag) / L
+            cov = ((L - tab.sum_s) + rg * (L * (L - 1) - diag)) / (L * (L - 1)) \
+                if L > 1 else 0.0
+            return scale * var, scale * cov
+        s = self._sq_mass(v)
+        lq = self.q_len if kv is not None else L
+        # key j: sum over lq queries of A_ij (each of mean 1/L, sum of squares lq S / L)
+        rho = 1.0 + rho1 * (1.0 - 1.0 / L)
+        pairs = lq * (lq - 1) / L ** 2
+        var = a * lq * s / L + rg * rho * pairs
+        cov = lq * (1.0 - s) / (L * (L - 1)) + rg * pairs * (L - rho) / (L - 1)
+        return scale * var, scale * cov
+
+    def _q_path(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[float, float]:
+        """Gradient at the query input through the softmax and W_Q (first order)."""
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        L = self.seq_len
+        d = self.d_model
+        a = 1.0 / (1.0 - self.attn_dropout)
+        # sigma_s^2 with the query variance replaced by the key/value variance (gradient wrt x)
+        skv = d * d * self.q_var * self.k_var * s2k * s2k
+        scale = skv * (1.0 - rk) * self.d_head * self.v_var * g.var
+        # coherent term: for fixed weights the key K_j and the value V_j (hence g_i . V_j) of the
+        # same token are correlated, so sum_j dS_ij K_j has a component that does not average out
+        # over the n keys: (sigma_s^2/d) (1-r)^2 (1-S_n)^2 relative to the value-path scale.
+        coh = (1.0 - rk) / d
+        if self.causal:
+            tab = self._table(v)
+            var = (a - rk) * tab.sum_j / L
+            var += coh * (L - 2 * tab.sum_s + tab.sum_s2) / L
+            cov = (1.0 - rk) * g.corr * self._pk / (L * (L - 1)) if L > 1 else 0.0
+            cov += g.corr * coh * (L - 2 * tab.sum_s + tab.sum_s2) / L
+        else:
+            s = self._sq_mass(v) if self.exact else _exp(v) / L
+            f = 1.0 - 1.0 / L
+            var = (a - rk) * self._jac_mass(v) + coh * (1.0 - s) ** 2
+            cov = (1.0 - rk) * g.corr * f / L + g.corr * coh * (1.0 - s) ** 2
+        return scale * var, scale * cov
+
+    def _k_path(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[float, float]:
+        """Gradient at the key input through the softmax and W_K (first order)."""
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        L = self.seq_len
+        a = 1.0 / (1.0 - self.attn_dropout)
+        scale = ss * self.d_head * self.v_var * g.var
+        rg = g.corr
+        rho1 = _exp(rx * v) - 1.0 if self.exact else 0.0     # see _value_path
+        if self.causal:
+            tab = self._table(v)
+            var = ((a - rk) * tab.sum_j
+                   + rx * rg * (1.0 - rk) * (self._pk + rho1 * self._pkk)) / L
+            return scale * var, 0.0
+        s = self._sq_mass(v) if self.exact else _exp(v) / L
+        f = 1.0 - 1.0 / L
+        lq = self.q_len if kv is not None else L
+        rho = 1.0 + rho1 * f
+        var = (a - rk) * self._jac_mass(v) * lq / L + rho * rx * rg * (1.0 - rk) * f * lq * (lq - 1) / L ** 2
+        return scale * var, 0.0

@@ -1,0 +1,379 @@
+"""One Monte-Carlo check per component and grid point (spec §7.1), and the grids.
+
+A check samples the input (spec §2.2), builds the layer with fresh weights for every run (the
+moments are expectations over inputs *and* weights, spec §2.1), runs it forward, back-propagates
+loss = sum(out * G) with a structured random G, measures the moments (`protocol.measure`) and
+returns rows ``(quantity, actual, predicted, pred_var)``; ``pred_var`` (a predicted variance) is
+given for quantities that may be ~0 (means, covariances), see `protocol.calc_err`.
+
+Grids: ``authors`` (the full grids of spec §7.1, a long benchmark), ``quick`` (a reduced subset for
+``dslm validate --quick``), ``test`` (seconds, for the test-suite) and ``random`` (independent random
+points drawn from the same ranges with their own seed, at CPU-sized d and L).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Any, Callable
+
+from ..theory.attention import Attention, Softmax
+from ..theory.moments import Grad, Signal
+from .protocol import measure, sample_field
+
+Row = tuple[str, float, float, "float | None"]
+
+# spec §7.1 value lists
+_S3 = [0.3162, 1.0, 3.1623]
+_R3 = [0.0, 1 / 3, 2 / 3]
+_R5 = [0.0, 0.2, 0.4, 0.6, 0.8]
+_SOFT_S = [0.01, 0.0316, 0.1, 0.3162, 1.0]
+_SOFT_G = [0.3162, 0.5623, 1.0, 1.7783, 3.1623]
+_SOFT_L = [300, 720, 1732, 4161, 10000]
+
+# cap on runs * d_in * d_out weight entries drawn at once (memory); above it weights are shared by
+# groups of runs
+_MAX_WEIGHT_ENTRIES = 4_000_000
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _weights(runs: int, d_in: int, d_out: int, std: float, gen: Any, dtype: Any) -> Any:
+    """(runs, d_in, d_out) weights; runs share a draw in groups when memory would be too large."""
+    torch = _torch()
+    draws = max(1, min(runs, _MAX_WEIGHT_ENTRIES // max(1, d_in * d_out)))
+    w = torch.randn(draws, d_in, d_out, generator=gen, dtype=dtype) * std
+    if draws == runs:
+        return w
+    idx = torch.arange(runs) % draws
+    return w[idx]
+
+
+def _std_rows(prefix: str, m: dict[str, float], pred: Signal | Grad, with_mean: bool = True) -> list[Row]:
+    rows: list[Row] = []
+    var = pred.var if pred.var > 0 else 1.0
+    if with_mean and isinstance(pred, Signal):
+        rows.append((f"{prefix} mean", m["mean"], pred.mean, var))
+    rows.append((f"{prefix} var", m["var"], pred.var, None))
+    if "cov" in m:
+        rows.append((f"{prefix} cov", m["cov"], pred.cov, var))
+    return rows
+
+
+def _backprop(x: Any, y: Any, grad: Any) -> Any:
+    (y * grad).sum().backward()
+    return x.grad
+
+
+# ------------------------------------------------------------------------------------- checks
+def check_linear(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    from ..theory.components import Linear
+
+    torch = _torch()
+    runs, L, di, do = pt["runs"], pt["L"], pt["d_in"], pt["d_out"]
+    x = sample_field(runs, L, di, pt["mu"], pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    w = _weights(runs, di, do, pt["mw"] / math.sqrt(di), gen, dtype)
+    y = torch.bmm(x, w)
+    g = sample_field(runs, L, do, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    gx = _backprop(x, y, g)
+    comp = Linear(di, do, pt["mw"] ** 2 / di)
+    xs = Signal(pt["mu"], pt["sx"] ** 2, pt["rx"])
+    return (_std_rows("x", measure(y), comp.forward(xs))
+            + _std_rows("g", measure(gx), comp.backward(xs, Grad(pt["sg"] ** 2, pt["rg"]))))
+
+
+def check_dropout(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    from ..theory.components import Dropout
+
+    torch = _torch()
+    runs, L, d, p = pt["runs"], pt["L"], pt["d"], pt["p"]
+    x = sample_field(runs, L, d, pt["mu"], pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    keep = (torch.rand(runs, L, d, generator=gen, dtype=dtype) >= p).to(dtype) / (1.0 - p)
+    y = x * keep
+    g = sample_field(runs, L, d, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    gx = _backprop(x, y, g)
+    comp = Dropout(p)
+    xs = Signal(pt["mu"], pt["sx"] ** 2, pt["rx"])
+    return (_std_rows("x", measure(y), comp.forward(xs))
+            + _std_rows("g", measure(gx), comp.backward(xs, Grad(pt["sg"] ** 2, pt["rg"]))))
+
+
+def _check_act(name: str, pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    from ..theory import components as C
+
+    torch = _torch()
+    runs, L, d = pt["runs"], pt["L"], pt["d"]
+    x = sample_field(runs, L, d, 0.0, pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    if name == "relu":
+        y, comp = torch.relu(x), C.ReLU()
+    else:
+        y, comp = torch.nn.functional.gelu(x), C.GeLU()
+    g = sample_field(runs, L, d, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    gx = _backprop(x, y, g)
+    xs = Signal(0.0, pt["sx"] ** 2, pt["rx"])
+    return (_std_rows("x", measure(y), comp.forward(xs))
+            + _std_rows("g", measure(gx), comp.backward(xs, Grad(pt["sg"] ** 2, pt["rg"]))))
+
+
+def check_relu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_act("relu", pt, gen, dtype)
+
+
+def check_gelu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_act("gelu", pt, gen, dtype)
+
+
+def check_layernorm(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    from ..theory.components import LayerNorm
+
+    torch = _torch()
+    runs, L, d = pt["runs"], pt["L"], pt["d"]
+    x = sample_field(runs, L, d, pt["mu"], pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    y = torch.nn.functional.layer_norm(x, (d,), eps=1e-12)
+    g = sample_field(runs, L, d, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    gx = _backprop(x, y, g)
+    comp = LayerNorm(d)
+    xs = Signal(pt["mu"], pt["sx"] ** 2, pt["rx"])
+    m = measure(y, hidden=True)
+    rows = _std_rows("x", m, comp.forward(xs))
+    rows.append(("x hidden cov", m["hidden_cov"], comp.hidden_cov, 1.0))
+    return rows + _std_rows("g", measure(gx), comp.backward(xs, Grad(pt["sg"] ** 2, pt["rg"])))
+
+
+def check_softmax(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    """Softmax over L logits (batch of vectors); both the spec's full and approximate forms."""
+    torch = _torch()
+    batch, L = pt["runs"], pt["L"]
+    x = sample_field(batch, L, 1, 0.0, pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    y = torch.softmax(x, dim=1)
+    g = sample_field(batch, L, 1, 0.0, pt["sg"], pt.get("rg", 0.0), gen, dtype)
+    gx = _backprop(x, y, g)
+    xs = Signal(0.0, pt["sx"] ** 2, pt["rx"])
+    gs = Grad(pt["sg"] ** 2, pt.get("rg", 0.0))
+    my, mg = measure(y), measure(gx)
+    rows: list[Row] = []
+    for tag, exact in (("full", True), ("approx", False)):
+        sm = Softmax(L, exact=exact)
+        f, b = sm.forward(xs), sm.backward(xs, gs)
+        rows.append((f"x mean [{tag}]", my["mean"], f.mean, None))
+        rows.append((f"x var [{tag}]", my["var"], f.var, None))
+        rows.append((f"g var [{tag}]", mg["var"], b.var, None))
+    sm = Softmax(L)
+    f = sm.forward(xs)
+    rows.append(("x cov", my["cov"], f.cov, f.var))
+    return rows
+
+
+def _attention_mc(pt: dict, gen: Any, dtype: Any, causal: bool, cross: bool = False) -> dict:
+    torch = _torch()
+    runs, L, di, dk = pt["runs"], pt["L"], pt["d_in"], pt["d_k"]
+    lq = pt.get("L_q", L) if cross else L
+    x = sample_field(runs, lq, di, 0.0, pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    if cross:
+        z = sample_field(runs, L, di, 0.0, pt["skv"], pt["rkv"], gen, dtype).requires_grad_(True)
+    else:
+        z = x
+    sq = pt["mqk"] / math.sqrt(di)
+    wq = _weights(runs, di, dk, sq, gen, dtype)
+    wk = _weights(runs, di, dk, sq, gen, dtype)
+    wv = _weights(runs, di, dk, pt["mv"] / math.sqrt(di), gen, dtype)
+    q, k, v = torch.bmm(x, wq), torch.bmm(z, wk), torch.bmm(z, wv)
+    s = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(dk)
+    if causal:
+        mask = torch.ones(L, L, dtype=torch.bool).triu(1)
+        s = s.masked_fill(mask, float("-inf"))
+    a = torch.softmax(s, dim=-1)
+    p = pt["p"]
+    if p > 0:
+        a = a * (torch.rand(a.shape, generator=gen, dtype=dtype) >= p).to(dtype) / (1.0 - p)
+    y = torch.bmm(a, v)
+    g = sample_field(runs, lq, dk, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    (y * g).sum().backward()
+    out = {"y": measure(y), "gx": measure(x.grad)}
+    if cross:
+        out["gz"] = measure(z.grad)
+    return out
+
+
+def _attn_obj(pt: dict, causal: bool, **kw: Any) -> Attention:
+    di = pt["d_in"]
+    return Attention(di, pt["d_k"], pt["L"], pt["mqk"] ** 2 / di, pt["mqk"] ** 2 / di,
+                     pt["mv"] ** 2 / di, attn_dropout=pt["p"], causal=causal, **kw)
+
+
+def _check_attention(pt: dict, gen: Any, dtype: Any, causal: bool) -> list[Row]:
+    m = _attention_mc(pt, gen, dtype, causal)
+    xs = Signal(0.0, pt["sx"] ** 2, pt["rx"])
+    gs = Grad(pt["sg"] ** 2, pt["rg"])
+    ours = _attn_obj(pt, causal)
+    rows = _std_rows("x", m["y"], ours.forward(xs)) + _std_rows("g", m["gx"], ours.backward(xs, gs))
+    paper = _attn_obj(pt, causal, exact=False, qk_grad=False)
+    fp, bp = paper.forward(xs), paper.backward(xs, gs)
+    rows += [("x var [paper]", m["y"]["var"], fp.var, None),
+             ("x cov [paper]", m["y"]["cov"], fp.cov, fp.var),
+             ("g var [paper]", m["gx"]["var"], bp.var, None),
+             ("g cov [paper]", m["gx"]["cov"], bp.cov, bp.var)]
+    noqk = _attn_obj(pt, causal, qk_grad=False).backward(xs, gs)
+    rows.append(("g var [no qk]", m["gx"]["var"], noqk.var, None))
+    return rows
+
+
+def check_attention(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_attention(pt, gen, dtype, causal=False)
+
+
+def check_attention_causal(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_attention(pt, gen, dtype, causal=True)
+
+
+def check_cross_attention(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    m = _attention_mc(pt, gen, dtype, causal=False, cross=True)
+    xs = Signal(0.0, pt["sx"] ** 2, pt["rx"])
+    kv = Signal(0.0, pt["skv"] ** 2, pt["rkv"])
+    gs = Grad(pt["sg"] ** 2, pt["rg"])
+    di = pt["d_in"]
+    head = Attention(di, pt["d_k"], pt["L"], pt["mqk"] ** 2 / di, pt["mqk"] ** 2 / di,
+                     pt["mv"] ** 2 / di, attn_dropout=pt["p"], q_len=pt["L_q"])
+    return (_std_rows("x", m["y"], head.forward(xs, kv=kv))
+            + _std_rows("g_q", m["gx"], head.backward(xs, gs, kv=kv))
+            + _std_rows("g_kv", m["gz"], head.backward_kv(xs, gs, kv)))
+
+
+def check_embedding(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    """Forward moments of one embedding table with Zipf-distributed token ids (spec §2.4)."""
+    from ..theory.components import Embedding
+
+    torch = _torch()
+    runs, L, d, vocab = pt["runs"], pt["L"], pt["d"], pt["vocab"]
+    probs = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    ids = torch.multinomial(probs / probs.sum(), runs * L, replacement=True, generator=gen)
+    table = torch.randn(runs, vocab, d, generator=gen, dtype=dtype) * math.sqrt(pt["w"])
+    y = torch.gather(table, 1, ids.view(runs, L, 1).expand(runs, L, d))
+    comp = Embedding(vocab, pt["w"], seq_len=L)
+    return _std_rows("x", measure(y), comp.forward(None))
+
+
+CHECKS: dict[str, Callable[[dict, Any, Any], list[Row]]] = {
+    "linear": check_linear, "dropout": check_dropout, "relu": check_relu, "gelu": check_gelu,
+    "layernorm": check_layernorm, "softmax": check_softmax, "attention": check_attention,
+    "attention_causal": check_attention_causal, "cross_attention": check_cross_attention,
+    "embedding": check_embedding,
+}
+
+
+# ------------------------------------------------------------------------------------- grids
+def _product(**lists: list) -> list[dict]:
+    keys = list(lists)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(lists[k] for k in keys))]
+
+
+def authors_grid(name: str) -> list[dict]:
+    """The full grids of spec §7.1 (``attention_causal``/``cross_attention``/``embedding`` have no
+    authors' grid; the bidirectional one, resp. a modest grid, is used)."""
+    if name == "linear":
+        return _product(mu=[0.1, 1, 10], sx=_S3, rx=_R3, mw=[0.1, 1, 10], sg=_S3, rg=_R3,
+                        d_in=[100, 316, 1000], d_out=[100, 316, 1000], L=[100, 1000], runs=[100])
+    if name in ("relu", "gelu"):
+        return _product(sx=_S3, rx=_R5, sg=_S3, rg=_R5, d=[1], L=[100, 1000],
+                        runs=[10000 if name == "relu" else 100000])
+    if name == "layernorm":
+        return _product(mu=[-10, -3.333, 3.333], sx=_S3, rx=_R5, sg=_S3, rg=_R5,
+                        d=[100, 316, 1000], L=[100, 1000], runs=[100])
+    if name == "dropout":
+        return _product(mu=[-10, 0, 10], sx=_S3, rx=_R3, sg=_S3, rg=_R3, p=_R3,
+                        d=[100, 316, 1000], L=[100, 1000], runs=[100])
+    if name == "softmax":
+        return _product(sx=_SOFT_S, rx=_R5, sg=_SOFT_G, rg=[0.0], L=_SOFT_L, runs=[10000])
+    if name in ("attention", "attention_causal"):
+        return _product(sx=[1.0], rx=_R3, mv=_S3, mqk=[0.1, 0.2449, 0.6], p=_R3, sg=_S3, rg=_R3,
+                        d_in=[100, 316, 1000], d_k=[32, 64, 128, 256], L=[300, 547, 1000],
+                        runs=[64])
+    if name == "cross_attention":
+        return _product(sx=[1.0], skv=[0.5, 1.0, 2.0], rx=_R3, rkv=_R3, mv=_S3, mqk=[0.1, 0.6],
+                        p=[0.0, 1 / 3], sg=[1.0], rg=_R3, d_in=[100, 316], d_k=[64], L=[300],
+                        L_q=[100, 300], runs=[32])
+    if name == "embedding":
+        return _product(w=[0.1, 1.0], d=[64], L=[128, 512], vocab=[1000, 30522], runs=[64])
+    raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
+
+
+def quick_grid(name: str) -> list[dict]:
+    """Reduced grids for ``dslm validate --quick`` (whole set well under 2 minutes on 2 cores)."""
+    if name == "linear":
+        return _product(mu=[0.1, 10], sx=[0.3162, 3.1623], rx=[0.0, 2 / 3], mw=[1.0], sg=[1.0],
+                        rg=[0.0, 2 / 3], d_in=[64, 256], d_out=[128], L=[64], runs=[32])
+    if name in ("relu", "gelu"):
+        return _product(sx=_S3, rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0, 0.8], d=[64], L=[64],
+                        runs=[64])
+    if name == "layernorm":
+        return _product(mu=[-10, 3.333], sx=[0.3162, 3.1623], rx=[0.0, 0.4, 0.8], sg=[1.0],
+                        rg=[0.0, 0.8], d=[64, 256], L=[64], runs=[32])
+    if name == "dropout":
+        return _product(mu=[-10, 0, 10], sx=[0.3162, 3.1623], rx=[0.0, 2 / 3], sg=[1.0],
+                        rg=[0.0, 2 / 3], p=[0.0, 1 / 3, 2 / 3], d=[128], L=[64], runs=[32])
+    if name == "softmax":
+        return _product(sx=[0.1, 0.3162, 1.0], rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0],
+                        L=[300, 1732], runs=[4000])
+    if name in ("attention", "attention_causal"):
+        return _product(sx=[1.0], rx=[0.0, 2 / 3], mv=[1.0], mqk=[0.2449, 0.6], p=[0.0, 1 / 3],
+                        sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32], L=[64], runs=[32])
+    if name == "cross_attention":
+        return _product(sx=[1.0], skv=[0.5, 2.0], rx=[0.0, 2 / 3], rkv=[0.0, 2 / 3], mv=[1.0],
+                        mqk=[0.6], p=[0.0], sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32],
+                        L=[64], L_q=[32], runs=[32])
+    if name == "embedding":
+        return _product(w=[1.0], d=[32], L=[128], vocab=[1000, 30522], runs=[32])
+    raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
+
+
+def random_grid(name: str, n: int, seed: int) -> list[dict]:
+    """``n`` independent random points from the authors' ranges (log-uniform scales, uniform
+    correlations and dropout), with CPU-sized widths and lengths; ``seed`` fixes the draw."""
+    if name not in CHECKS:
+        raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
+    rng = random.Random(f"{name}:{seed}")
+
+    def logu(lo: float, hi: float) -> float:
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+    pts = []
+    for _ in range(n):
+        base = dict(sx=logu(0.3162, 3.1623), sg=logu(0.3162, 3.1623))
+        if name == "linear":
+            pt = dict(base, mu=rng.choice([-1, 1]) * logu(0.1, 10), rx=rng.uniform(0, 2 / 3),
+                      mw=logu(0.1, 10), rg=rng.uniform(0, 2 / 3), d_in=rng.randint(64, 256),
+                      d_out=rng.randint(64, 256), L=rng.randint(32, 128), runs=32)
+        elif name in ("relu", "gelu"):
+            pt = dict(base, rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8), d=64, L=64, runs=64)
+        elif name == "layernorm":
+            pt = dict(base, mu=rng.uniform(-10, 10), rx=rng.uniform(0, 0.8),
+                      rg=rng.uniform(0, 0.8), d=rng.randint(64, 256), L=64, runs=32)
+        elif name == "dropout":
+            pt = dict(base, mu=rng.uniform(-10, 10), rx=rng.uniform(0, 2 / 3),
+                      rg=rng.uniform(0, 2 / 3), p=rng.uniform(0, 2 / 3), d=128, L=64, runs=32)
+        elif name == "softmax":
+            pt = dict(base, sx=logu(0.01, 1.0), rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8),
+                      L=rng.randint(300, 2000), runs=4000)
+        elif name in ("attention", "attention_causal"):
+            pt = dict(base, sx=1.0, rx=rng.uniform(0, 2 / 3), mv=logu(0.3162, 3.1623),
+                      mqk=rng.uniform(0.1, 0.6), p=rng.uniform(0, 2 / 3), rg=rng.uniform(0, 2 / 3),
+                      d_in=rng.randint(64, 256), d_k=rng.choice([16, 32, 64]),
+                      L=rng.choice([16, 32, 64, 128]), runs=32)
+        elif name == "cross_attention":
+            pt = dict(base, sx=1.0, skv=logu(0.5, 2.0), rx=rng.uniform(0, 2 / 3),
+                      rkv=rng.uniform(0, 2 / 3), mv=logu(0.3162, 3.1623), mqk=rng.uniform(0.1, 0.6),
+                      p=rng.uniform(0, 1 / 3), rg=rng.uniform(0, 2 / 3), d_in=rng.randint(64, 256),
+                      d_k=32, L=rng.choice([32, 64]), L_q=rng.choice([16, 32, 64]), runs=32)
+        else:  # embedding
+            pt = dict(w=logu(0.1, 10), d=32, L=rng.choice([64, 128]),
+                      vocab=rng.choice([500, 5000, 30522]), runs=32)
+        pts.append(pt)
+    return pts
+
+
+__all__ = ["CHECKS", "authors_grid", "quick_grid", "random_grid"]
