@@ -1,0 +1,269 @@
+"""Which modules of a model carry the residual stream and which compute attention.
+
+`resolve_targets(model, streams, attention, preset)` turns user input (module names, globs or a
+preset) into `StreamPoint`s (modules whose output [B, L, d] is the residual stream, in forward order)
+and `AttentionSpec`s (where to read projected queries and keys). Globs match dotted module names;
+``*`` matches one name component (``transformer.h.*`` matches ``transformer.h.7`` but not
+``transformer.h.7.attn``), ``**`` any number of components.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from torch import nn
+
+from ..errors import DSLMError
+
+__all__ = ["StreamPoint", "AttentionSpec", "PRESETS", "resolve_targets", "match_names"]
+
+#: preset name -> (stream globs, attention globs); the first glob set whose pattern matches is used
+PRESETS: dict[str, dict[str, Any]] = {
+    "dslm": {"doc": "deepscalelm models (build_model): embedding dropout, every attn/cross/ffn block, ln_f"},
+    "gpt2": {"doc": "Hugging Face GPT-2: transformer.h.* (fused c_attn split into q, k, v), transformer.ln_f",
+             "variants": [("transformer.", "transformer.h.*", "transformer.ln_f"), ("", "h.*", "ln_f")],
+             "attn": "{layers}.attn", "fused": "c_attn", "causal": True},
+    "bert": {"doc": "Hugging Face BERT: bert.encoder.layer.* or encoder.layer.* (attention.self.query/key)",
+             "variants": [("bert.", "bert.encoder.layer.*", None), ("", "encoder.layer.*", None)],
+             "attn": "{layers}.attention.self", "q": "query", "k": "key", "causal": False},
+    "llama": {"doc": "Hugging Face Llama: model.layers.* (self_attn.q_proj/k_proj with rotary), model.norm",
+              "variants": [("model.", "model.layers.*", "model.norm"), ("", "layers.*", "norm")],
+              "attn": "{layers}.self_attn", "q": "q_proj", "k": "k_proj", "causal": True, "rotary": True},
+}
+
+_Q_NAMES = ("q", "q_proj", "query", "wq", "q_lin")
+_K_NAMES = ("k", "k_proj", "key", "wk", "k_lin")
+_FUSED_NAMES = ("c_attn", "qkv", "qkv_proj", "Wqkv", "in_proj")
+_HEAD_ATTRS = ("n_heads", "num_heads", "n_head", "num_attention_heads")
+_KV_ATTRS = ("n_kv_heads", "num_key_value_heads", "num_kv_heads")
+
+
+@dataclass(frozen=True)
+class StreamPoint:
+    """A module whose output (first tensor of it) is the residual stream ``[B, L, d]``.
+
+    ``stack``/``layer``/``block`` follow `deepscalelm.records` (block ``"layer"`` for a whole
+    transformer layer of a foreign model).
+    """
+
+    name: str
+    stack: str
+    layer: int
+    block: str
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Where the q/k projections of one attention module are read.
+
+    Either ``q`` and ``k`` (module names whose outputs are [B, L, heads*dh]) or ``fused`` (one module
+    whose output [B, L, 3*d] is [q | k | v]). ``rotary``: take (cos, sin) from the attention module's
+    ``position_embeddings`` argument (Hugging Face Llama) and rotate q and k before the product.
+    """
+
+    name: str
+    n_heads: int
+    n_kv_heads: int
+    causal: bool
+    q: str | None = None
+    k: str | None = None
+    fused: str | None = None
+    rotary: bool = False
+    scale: float | None = None
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    out = []
+    for part in re.split(r"(\*\*|\*|\?)", pattern):
+        out.append({"**": ".*", "*": "[^.]+", "?": "[^.]"}.get(part, re.escape(part)))
+    return re.compile("".join(out) + r"\Z")
+
+
+def _suggest(name: str, available: Sequence[str]) -> str:
+    probe = name.replace("**", "0").replace("*", "0").replace("?", "0")
+    close = difflib.get_close_matches(probe, available, n=5, cutoff=0.4)
+    if close:
+        return "closest module names: " + ", ".join(close)
+    shown = [a for a in available if a.count(".") <= 2][:15]
+    return f"module names include: {', '.join(shown)}" + (" ..." if len(available) > len(shown) else "")
+
+
+def match_names(model: nn.Module, spec: str | Sequence[str], what: str) -> list[str]:
+    """Module names of ``model`` named by ``spec`` (a name, a glob or a list of them), in model order.
+
+    Raises `DSLMError` listing the closest available names when a name or glob matches nothing.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    items = [spec] if isinstance(spec, str) else list(spec)
+    if not items:
+        raise ValueError(f"{what}: empty list of module names")
+    chosen: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{what}: module names must be strings, got {item!r}")
+        if any(c in item for c in "*?"):
+            rx = _glob_regex(item)
+            hits = [n for n in names if rx.match(n)]
+            if not hits:
+                raise DSLMError(f"{what}: pattern {item!r} matches no module of {type(model).__name__}; "
+                                f"{_suggest(item, names)}")
+            chosen.extend(h for h in hits if h not in chosen)
+        else:
+            if item not in names:
+                raise DSLMError(f"{what}: {type(model).__name__} has no module {item!r}; {_suggest(item, names)}")
+            if item not in chosen:
+                chosen.append(item)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(chosen, key=order.__getitem__)
+
+
+def _config_attr(model: nn.Module, module: nn.Module, attrs: Sequence[str]) -> int | None:
+    for obj in (module, getattr(model, "config", None)):
+        for a in attrs:
+            v = getattr(obj, a, None) if obj is not None else None
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def _is_ours(model: nn.Module) -> bool:
+    from ..config import ModelConfig
+
+    return hasattr(model, "stacks") and isinstance(getattr(model, "config", None), ModelConfig)
+
+
+def _ours(model: nn.Module) -> tuple[list[StreamPoint], list[AttentionSpec]]:
+    """Stream points and attention of a deepscalelm model, keyed like `deepscalelm.predict`."""
+    ids = {id(m): n for n, m in model.named_modules()}
+    points: list[StreamPoint] = []
+    attns: list[AttentionSpec] = []
+    for stack_name, stack in model.stacks():
+        points.append(StreamPoint(ids[id(stack.drop_emb)], stack_name, 0, "embedding"))
+        for i, layer in enumerate(stack.layers):
+            for attr, block in (("attn", "attn"), ("cross", "cross_attn"), ("ffn", "ffn")):
+                mod = getattr(layer, attr, None)
+                if mod is None:
+                    continue
+                name = ids[id(mod)]
+                points.append(StreamPoint(name, stack_name, i + 1, block))
+                if attr != "ffn":
+                    attns.append(AttentionSpec(name, mod.n_heads, mod.n_heads,
+                                               bool(mod.causal) and attr == "attn", q=f"{name}.q", k=f"{name}.k"))
+        if stack.ln_f is not None:
+            points.append(StreamPoint(ids[id(stack.ln_f)], stack_name, len(stack.layers), "final_norm"))
+    return points, attns
+
+
+def _auto_attention(model: nn.Module, name: str, causal: bool | None) -> AttentionSpec:
+    mods = dict(model.named_modules())
+    module = mods[name]
+    children = dict(module.named_children())
+    n_heads = _config_attr(model, module, _HEAD_ATTRS)
+    if n_heads is None:
+        raise DSLMError(f"attention module {name!r}: cannot find the number of heads (looked for "
+                        f"{', '.join(_HEAD_ATTRS)} on the module and model.config)")
+    n_kv = _config_attr(model, module, _KV_ATTRS) or n_heads
+    if causal is None:
+        causal = bool(getattr(module, "is_causal", getattr(module, "causal", False)))
+    q = next((c for c in _Q_NAMES if c in children), None)
+    k = next((c for c in _K_NAMES if c in children), None)
+    if q and k:
+        return AttentionSpec(name, n_heads, n_kv, causal, q=f"{name}.{q}", k=f"{name}.{k}")
+    fused = next((c for c in _FUSED_NAMES if c in children), None)
+    if fused:
+        return AttentionSpec(name, n_heads, n_heads, causal, fused=f"{name}.{fused}")
+    raise DSLMError(f"attention module {name!r} has no q/k projection children (looked for "
+                    f"{'/'.join(_Q_NAMES)} and {'/'.join(_K_NAMES)}, or a fused {'/'.join(_FUSED_NAMES)}); "
+                    f"its children are: {', '.join(children) or 'none'}")
+
+
+def _preset(model: nn.Module, preset: str) -> tuple[list[StreamPoint], list[AttentionSpec]] | None:
+    if preset == "dslm":
+        if not _is_ours(model):
+            raise DSLMError(f"preset 'dslm' needs a deepscalelm model (build_model), got {type(model).__name__}")
+        return _ours(model)
+    p = PRESETS[preset]
+    names = {n for n, _ in model.named_modules()}
+    for prefix, layer_glob, final in p["variants"]:
+        rx = _glob_regex(layer_glob)
+        layers = [n for n, _ in model.named_modules() if rx.match(n)]
+        if not layers:
+            continue
+        points = [StreamPoint(n, "", i + 1, "layer") for i, n in enumerate(layers)]
+        if final is not None and final in names:
+            points.append(StreamPoint(final, "", len(layers), "final_norm"))
+        attns = []
+        mods = dict(model.named_modules())
+        for n in layers:
+            a = p["attn"].format(layers=n)
+            if a not in names:
+                continue
+            heads = _config_attr(model, mods[a], _HEAD_ATTRS)
+            if heads is None:
+                raise DSLMError(f"preset {preset!r}: cannot find the number of heads of {a!r}")
+            kv = _config_attr(model, mods[a], _KV_ATTRS) or heads
+            if "fused" in p:
+                attns.append(AttentionSpec(a, heads, heads, p["causal"], fused=f"{a}.{p['fused']}"))
+            else:
+                attns.append(AttentionSpec(a, heads, kv, p["causal"], q=f"{a}.{p['q']}", k=f"{a}.{p['k']}",
+                                           rotary=p.get("rotary", False)))
+        return points, attns
+    return None
+
+
+def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None,
+                    attention: str | Sequence[str] | Sequence[AttentionSpec] | None = None,
+                    preset: str | None = None, causal: bool | None = None,
+                    ) -> tuple[list[StreamPoint], list[AttentionSpec], str]:
+    """(stream points, attention specs, preset used or "custom").
+
+    With neither ``streams`` nor ``preset``: a deepscalelm model uses ``"dslm"``; otherwise the
+    Hugging Face presets are tried in turn (gpt2, bert, llama). ``attention``: module names/globs of
+    attention modules (q/k children found by name, see `AttentionSpec`), explicit `AttentionSpec`s,
+    or None (the preset's; none for custom streams). ``causal`` applies to named attention modules.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    used = "custom"
+    points: list[StreamPoint]
+    attns: list[AttentionSpec] = []
+    if streams is not None:
+        names = match_names(model, streams, "streams")
+        points = [StreamPoint(n, "", i + 1, "layer") for i, n in enumerate(names)]
+        if preset is not None:
+            found = _preset(model, preset)
+            attns = found[1] if found else []
+            used = preset
+    else:
+        tried = [preset] if preset is not None else (["dslm"] if _is_ours(model) else ["gpt2", "bert", "llama"])
+        found = None
+        for name in tried:
+            found = _preset(model, name)
+            if found is not None:
+                used = name
+                break
+        if found is None:
+            names = [n for n, _ in model.named_modules() if n]
+            raise DSLMError(
+                f"cannot tell which modules of {type(model).__name__} carry the residual stream "
+                f"({'preset ' + repr(preset) + ' does not match' if preset else 'no preset matches'}); "
+                f"pass streams= (names or a glob such as 'blocks.*'); {_suggest('layers.0', names)}")
+        points, attns = found
+    if attention is not None:
+        items = [attention] if isinstance(attention, (str, AttentionSpec)) else list(attention)
+        if items and all(isinstance(a, AttentionSpec) for a in items):
+            attns = list(items)
+            mods = {n for n, _ in model.named_modules()}
+            for a in attns:
+                for sub in (a.name, a.q, a.k, a.fused):
+                    if sub is not None and sub not in mods:
+                        raise DSLMError(f"attention spec names module {sub!r}, which {type(model).__name__} "
+                                        f"lacks; {_suggest(sub, sorted(mods))}")
+        else:
+            attns = [_auto_attention(model, n, causal) for n in match_names(model, items, "attention")]
+    if not points:
+        raise DSLMError("no residual-stream modules selected")
+    return points, attns, used
