@@ -38,18 +38,19 @@ from .moments import Grad, Signal, clip_corr
 
 __all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass"]
 
-# Trapezoid rule on a standard normal variable z in [-_Z_MAX, _Z_MAX] with step _Z_STEP. For the
-# smooth integrands used below (logistic functions of an affine function of z) it is accurate to far
-# better than 1e-6 relative.
-_Z_STEP = 0.5
-_Z_MAX = 7.0
+# Trapezoid rule on a standard normal variable z in [-_Z_MAX, _Z_MAX] with step _Z_STEP (17 nodes).
+# For the smooth integrands used below (powers of a logistic function of an affine function of z)
+# it agrees with a 29-node rule (step 0.5 on [-7, 7]) to 0.2% for v <= 4, n <= 1000.
+_Z_STEP = 0.75
+_Z_MAX = 6.0
 _NODES = [(-_Z_MAX + k * _Z_STEP) for k in range(int(round(2 * _Z_MAX / _Z_STEP)) + 1)]
 _WEIGHTS = [math.exp(-0.5 * z * z) for z in _NODES]
 _WSUM = sum(_WEIGHTS)
 _WEIGHTS = [w / _WSUM for w in _WEIGHTS]
 
-# beyond this window size S_n is taken from its large-n form (e^v + b/n)/n with b matched here
-_N_QUAD = 32
+# windows up to this size get their own quadrature; beyond it S_n and C_n are computed at doubling
+# window sizes and interpolated in between as n S_n = alpha + beta/n, n^2 C_n = gamma + delta/n
+_N_QUAD = 16
 
 
 def _check_int(name: str, value: int, lo: int) -> None:
@@ -141,10 +142,14 @@ def jac_mass(s: float, c: float) -> float:
 
 
 class _SqMassTable:
-    """Sums over windows n = 1..N of S_n and S_n / n for one effective variance v, O(_N_QUAD)."""
+    """Sums over causal windows n = 1..N of S_n, S_n/n, S_n^2 and C_n for one effective variance v.
+
+    Windows n <= _N_QUAD are computed one by one; beyond, S_n and C_n are computed at doubling
+    window sizes and interpolated (see _N_QUAD), with the partial sums of 1/n^k per segment cached.
+    Cost O(_N_QUAD + log2(N / _N_QUAD)) quadratures.
+    """
 
     def __init__(self, n_max: int, v: float) -> None:
-        ev = _exp(v)
         a1 = a2 = a3 = a4 = 0.0
         m = min(n_max, _N_QUAD)
         s = c = 1.0
@@ -154,38 +159,47 @@ class _SqMassTable:
             a2 += s / n
             a3 += s * s
             a4 += c
-        self.s_last, self.c_last = s, c
-        if n_max > m:
-            # large-n form S_n = (e^v + b/n)/n with b matched at n = m
-            b = m * (m * s - ev)
-            h1, h2, h3 = _tail_sums(m, n_max)
-            a1 += ev * h1 + b * h2
-            a2 += ev * h2 + b * h3
-            a3 += ev * ev * h2 + 2 * ev * b * h3   # dropping the b^2/n^4 tail
-            a4 += c * m * m * h2                    # C_n = C_m (m/n)^2
-            self.s_last = (ev + b / n_max) / n_max
-            self.c_last = c * (m / n_max) ** 2
+        for lo, hi, h1, h2, h3, h4 in _segments(m, n_max):
+            s_hi, c_hi = softmax_masses(hi, v)
+            inv = 1.0 / lo - 1.0 / hi
+            beta = (lo * s - hi * s_hi) / inv            # n S_n = alpha + beta / n
+            alpha = hi * s_hi - beta / hi
+            delta = (lo * lo * c - hi * hi * c_hi) / inv  # n^2 C_n = gamma + delta / n
+            gamma = hi * hi * c_hi - delta / hi
+            a1 += alpha * h1 + beta * h2
+            a2 += alpha * h2 + beta * h3
+            a3 += alpha * alpha * h2 + 2.0 * alpha * beta * h3 + beta * beta * h4
+            a4 += gamma * h2 + delta * h3
+            s, c = s_hi, c_hi
         self.sum_s = a1        # sum_n S_n
         self.sum_s_n = a2      # sum_n S_n / n
         self.sum_s2 = a3       # sum_n S_n^2
         self.sum_c = a4        # sum_n C_n
         self.sum_j = max(a1 - 2.0 * a4 + a3, 0.0)   # sum_n J_n
-        self.j_last = jac_mass(self.s_last, self.c_last)
 
 
-_TAIL_CACHE: dict[tuple[int, int], tuple[float, float, float]] = {}
+_SEG_CACHE: dict[tuple[int, int], list[tuple[int, int, float, float, float, float]]] = {}
 
 
-def _tail_sums(m: int, n_max: int) -> tuple[float, float, float]:
+def _segments(m: int, n_max: int) -> list[tuple[int, int, float, float, float, float]]:
+    """Doubling segments (lo, hi] from m to n_max with sum_{lo<n<=hi} n^-k, k = 1..4."""
     key = (m, n_max)
-    if key not in _TAIL_CACHE:
-        h1 = h2 = h3 = 0.0
-        for n in range(m + 1, n_max + 1):
-            h1 += 1.0 / n
-            h2 += 1.0 / n ** 2
-            h3 += 1.0 / n ** 3
-        _TAIL_CACHE[key] = (h1, h2, h3)
-    return _TAIL_CACHE[key]
+    if key not in _SEG_CACHE:
+        segs = []
+        lo = m
+        while lo < n_max:
+            hi = min(2 * lo, n_max)
+            h = [0.0, 0.0, 0.0, 0.0]
+            for n in range(lo + 1, hi + 1):
+                inv = 1.0 / n
+                h[0] += inv
+                h[1] += inv * inv
+                h[2] += inv ** 3
+                h[3] += inv ** 4
+            segs.append((lo, hi, h[0], h[1], h[2], h[3]))
+            lo = hi
+        _SEG_CACHE[key] = segs
+    return _SEG_CACHE[key]
 
 
 class Softmax:
@@ -298,31 +312,40 @@ class Attention:
             inner1 += 1.0 - 1.0 / k
             inner2 += (1.0 - 1.0 / k) ** 2
         self._pk, self._pkk = 2.0 * pk, 2.0 * pkk
-        self._memo: dict[float, _SqMassTable] = {}
+        self._memo: dict = {}
 
     # ----------------------------------------------------------------------------- helpers
     def _table(self, v: float) -> _SqMassTable:
         tab = self._memo.get(v)
         if tab is None:
-            if len(self._memo) > 256:
+            if len(self._memo) > 512:
                 self._memo.clear()
             tab = _SqMassTable(self.seq_len, v)
             self._memo[v] = tab
         return tab
+
+    def _full_window(self, v: float) -> tuple[float, float]:
+        """(S_L, C_L) of the full window, memoised on v."""
+        key = ("full", v)
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) > 512:
+                self._memo.clear()
+            hit = softmax_masses(self.seq_len, v)
+            self._memo[key] = hit
+        return hit
 
     def _jac_mass(self, v: float) -> float:
         """J_L = S_L - 2 C_L + S_L^2 for the full (bidirectional) window."""
         if not self.exact:
             s = _exp(v) / self.seq_len
             return s * (1.0 - 1.0 / self.seq_len)
-        if self.seq_len > _N_QUAD:
-            return self._table(v).j_last
-        return jac_mass(*softmax_masses(self.seq_len, v))
+        return jac_mass(*self._full_window(v))
 
     def _sq_mass(self, v: float) -> float:
         """S_L for the full (bidirectional) window."""
         if self.exact:
-            return self._table(v).s_last if self.seq_len > _N_QUAD else softmax_sq_mass(self.seq_len, v)
+            return self._full_window(v)[0]
         return _exp(v) / self.seq_len
 
     def _moments(self, x: Signal, kv: Signal | None):
@@ -367,14 +390,22 @@ class Attention:
             tab = self._table(v)
             var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
                    + c2 * ((L - self._harm) + diag * a * (tab.sum_s - tab.sum_s_n)) / L)
-            pair = 2.0 * (L - self._harm) / (L * (L - 1)) if L > 1 else 0.0
-            cov = rk * s2k + ((1 - rk) * s2k + 2 * c2) * pair
+            # own-value part: sum over key overlaps of E[A_ij A_kj], with correlated queries
+            # (factor rho - 1 on the window-centred part, see _value_path)
+            if L > 1:
+                npair = L * (L - 1)
+                pair = 2.0 * (L - self._harm) / npair
+                own = (pair + (_exp(rx * v) - 1.0) * self._pk / npair)
+            else:
+                pair = own = 0.0
+            cov = rk * s2k + (1 - rk) * s2k * own + 2 * c2 * pair
         else:
             s = self._sq_mass(v)
             f = 1.0 - 1.0 / L
             var = rk * s2k + s2k * s * (a - rk) + c2 * f * (1.0 + diag * a * s)
             if kv is None:
-                cov = rk * s2k + ((1 - rk) * s2k + 2 * c2) / L
+                rho = 1.0 + (_exp(rx * v) - 1.0) * (1.0 - 1.0 / L)
+                cov = rk * s2k + ((1 - rk) * s2k * rho + 2 * c2) / L
             else:
                 # two queries with correlation r_x have correlated attention patterns:
                 # L E[A_ij A_kj] = exp(r_x v)
