@@ -1,0 +1,74 @@
+"""``dslm eval``: validation loss, perplexity and bits per byte of a checkpoint on a split or a file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("eval", help="loss / perplexity / bits-per-byte of a checkpoint",
+                       description="Evaluate CHECKPOINT (checkpoint or run directory) on a split of its run's "
+                                   "data (--split) or on a text file / directory (--file).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--split", default="val", help="split of the run's data: train, val or test (default val)")
+    g.add_argument("--file", metavar="PATH", help="text file or directory to evaluate on (encoded with the run's tokenizer)")
+    p.add_argument("--max-batches", type=int, default=None, help="cap the number of batches (default: whole split)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ..data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+    from ..data.objectives import ImageClassification
+    from ..data.stream import encode_split, open_stream
+    from ..data.text import Split, TextSource, check_text_file, load_corpus
+    from ..errors import DSLMError
+    from ..train.loop import evaluate
+    from ..train.run import make_objective
+    from ..train.restore import load_for_inference
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, mcfg, tcfg, tok, ckpt, state = load_for_inference(args.checkpoint, args.device)
+    objective = state.get("objective", "causal")
+    device = next(model.parameters()).device
+    with tempfile.TemporaryDirectory() as tmpd:
+        if objective == "image":
+            sets = load_fashion_mnist(args.file or tcfg.data)
+            split = "train" if args.split == "train" else "val"
+            data = ImageClassification(*sets[split], seed=tcfg.seed, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
+            tpb = None
+        else:
+            if args.file:
+                p = Path(args.file).expanduser()
+                if p.is_dir():
+                    corpus = load_corpus(str(p), 0.5)
+                    sources = corpus.splits["train"].sources
+                    split_obj = Split(sources)
+                else:
+                    split_obj = Split([TextSource(str(p), check_text_file(p))])
+                data_dir, name = Path(tmpd), "file"
+                meta = {"splits": {name: encode_split(tok, split_obj, data_dir / "file.bin")}}
+                (data_dir / "meta.json").write_text(json.dumps(meta))
+            else:
+                data_dir, name = ckpt.parent.parent / "data", args.split
+                if not (data_dir / "meta.json").is_file():
+                    raise DSLMError(f"{data_dir} is missing (the checkpoint was moved away from its run): use --file")
+            stream = open_stream(data_dir, name)
+            data = make_objective(objective, stream, mcfg, tcfg, tok, name)
+            tpb = stream.tokens_per_byte
+        res = evaluate(model, data, objective, args.batch_size, device, "fp32", args.max_batches, tpb)
+    res = {"checkpoint": str(ckpt), "step": state["step"], **res}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{ckpt} (step {state['step']}): " + ", ".join(
+            f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
+    return 0

@@ -1,0 +1,580 @@
+"""The training loop: AdamW, schedule, clipping, accumulation, mixed precision, DDP/FSDP, checkpoints.
+
+Determinism: the global batch of step ``s`` depends only on ``(seed, s)`` and every process restores
+model, optimizer, grad-scaler and RNG state from the checkpoint, so a resumed run repeats the losses
+of an uninterrupted one bit for bit on CPU. Data parallelism splits each global batch into equal
+contiguous row blocks per rank (and those into micro-batches), so the loss of ``torchrun
+--nproc_per_node N`` equals the single-process loss with the same ``batch_size`` up to float
+rounding (exactly, with dropout 0, for the mean over equal-sized blocks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..data.objectives import IGNORE, bits_per_byte, rows
+from ..errors import DSLMError
+from . import checkpoint as ck
+from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
+from .guard import NonFiniteError, locate_nonfinite
+from .optim import lr_at, param_groups
+from .run import RunData, check_out_dir, open_run, prepare_run, read_run
+
+ModelFactory = Callable[[ModelConfig], nn.Module]
+
+
+def default_factory(config: ModelConfig) -> nn.Module:
+    from ..models import build_model
+
+    return build_model(config)
+
+
+# ----------------------------------------------------------------------------------- environment
+@dataclass
+class Dist:
+    """Process-group facts (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup_dist(device: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise DSLMError(f"device {device!r} requested but CUDA is not available")
+    if world <= 1:
+        dev = torch.device(device if device.startswith("cuda") else "cuda") if use_cuda else torch.device("cpu")
+        return Dist(device=dev)
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+    return Dist(rank, world, local, dev)
+
+
+def _all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x = x / d.world
+    return x
+
+
+def _barrier(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------- the loss
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def forward(model: nn.Module, objective: str, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a batch: [B, L, V] for token objectives, [B, n_classes] for images."""
+    if objective == "span":
+        return model(b["src"], b["tgt_in"])
+    if objective == "image":
+        return model(b["images"])
+    return model(b["ids"])
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of cross-entropy in nats over non-ignored targets, number of such targets)."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    y = labels.reshape(-1)
+    total = F.cross_entropy(flat, y, ignore_index=IGNORE, reduction="sum")
+    return total, (y != IGNORE).sum()
+
+
+def autocast_ctx(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision in ("bf16", "fp16") and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    if precision == "bf16" and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise DSLMError("fp16 training needs a GPU (use bf16 or fp32 on CPU)")
+    return precision
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, objective: str, batch_size: int, device: torch.device,
+             precision: str, max_batches: int | None, tokens_per_byte: float | None) -> dict[str, float]:
+    """Mean loss (nats per predicted token), perplexity, bits per byte (causal) or accuracy (image)."""
+    was_training = model.training
+    model.eval()
+    tot, cnt, correct = 0.0, 0, 0
+    try:
+        for nb in data.eval_batches(batch_size, max_batches):
+            b = to_device(nb, device)
+            with autocast_ctx(precision, device):
+                logits = forward(model, objective, b)
+            s, c = loss_sum(logits, b["labels"])
+            tot += float(s)
+            cnt += int(c)
+            if objective == "image":
+                correct += int((logits.argmax(-1) == b["labels"]).sum())
+    finally:
+        model.train(was_training)
+    if cnt == 0:
+        raise DSLMError("evaluation split produced no targets")
+    loss = tot / cnt
+    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
+    if objective == "causal" and tokens_per_byte is not None:
+        out["val_bpb"] = bits_per_byte(loss, tokens_per_byte)
+    if objective == "image":
+        out["val_acc"] = correct / cnt
+    return out
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt: list[int], n_new: int, seq_len: int, *, temperature: float = 1.0,
+             top_k: int | None = None, seed: int = 0, device: torch.device | None = None) -> list[int]:
+    """Sample `n_new` tokens after `prompt` from a causal LM (context cropped to the last seq_len)."""
+    if not prompt:
+        raise ValueError("the prompt must hold at least one token")
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    try:
+        for _ in range(n_new):
+            logits = model(ids[:, -seq_len:])[0, -1].float()
+            if not torch.isfinite(logits).all():
+                raise DSLMError("the model produced non-finite logits while sampling (diverged weights?)")
+            if temperature <= 0:
+                nxt = logits.argmax().view(1)
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k < logits.numel():
+                    kth = torch.topk(logits, top_k).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    finally:
+        model.train(was_training)
+    return ids[0, len(prompt):].tolist()
+
+
+# --------------------------------------------------------------------------------- state dicts
+def _sd_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _param_order(raw: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    names = {id(p): n for n, p in raw.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def gather_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts keyed by parameter names.
+
+    Plain and DDP models: read directly from the unwrapped module. FSDP: gathered with
+    `torch.distributed.checkpoint.state_dict` (a collective; every rank must call it).
+    """
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        opts = _sd_options()
+        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+    order = _param_order(raw, optimizer)
+    osd = optimizer.state_dict()
+    state = {order[i]: v for i, v in osd["state"].items()}
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in osd["param_groups"]]
+    return dict(raw.state_dict()), {"state": state, "param_groups": groups}
+
+
+def restore_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, msd: dict, osd: dict,
+                  sharded: bool) -> None:
+    """Inverse of `gather_state`; raises DSLMError when the optimizer state does not fit the model."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, strict=True)
+        set_model_state_dict(model, msd, options=opts)
+        set_optimizer_state_dict(model, optimizer, osd, options=opts)
+        return
+    raw.load_state_dict(msd)
+    order = _param_order(raw, optimizer)
+    index = {n: i for i, n in enumerate(order)}
+    groups = osd["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups] or \
+            any(n not in index for g in groups for n in g["params"]) or \
+            any(n not in index for n in osd["state"]):
+        raise DSLMError("the checkpoint's optimizer state does not match this model's parameters "
+                        "(different config or weight-decay grouping)")
+    optimizer.load_state_dict({
+        "state": {index[n]: v for n, v in osd["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups],
+    })
+
+
+def _rng_tensors(d: Dist) -> dict[str, torch.Tensor]:
+    """RNG states of all ranks (collective under torchrun)."""
+    local = {"cpu": torch.get_rng_state()}
+    if d.device.type == "cuda":
+        local["cuda"] = torch.cuda.get_rng_state(d.device)
+    if not d.enabled:
+        return {f"{k}.rank0": v for k, v in local.items()}
+    import torch.distributed as dist
+
+    out = {}
+    for k, v in local.items():
+        t = v.to(d.device) if d.device.type == "cuda" else v.clone()
+        parts = [torch.empty_like(t) for _ in range(d.world)]
+        dist.all_gather(parts, t)
+        out.update({f"{k}.rank{r}": p.cpu() for r, p in enumerate(parts)})
+    return out
+
+
+# -------------------------------------------------------------------------------------- logging
+class Metrics:
+    """metrics.jsonl (always) plus TensorBoard scalars when `tensorboard` is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.fh = None
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            # drop records written after the checkpoint we resume from: the curve continues cleanly
+            keep = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                if rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+            os.replace(tmp, self.path)
+        self.fh = open(self.path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except Exception:  # tensorboard not installed (optional extra)
+            self.tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled or self.fh is None:
+            return
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    tokens_per_s: float
+    final: dict[str, float]
+    sample: str | None
+    run_dir: Path
+    checkpoint: Path | None
+
+
+def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, explicit: bool) -> tuple[ModelConfig, TrainConfig]:
+    """Configs for a resumed run: the stored ones, with only resumable changes allowed."""
+    info = read_run(out)
+    stored_m, stored_t = ModelConfig.from_dict(info["model"]), TrainConfig.from_dict(info["train"])
+    if not explicit:
+        return stored_m, stored_t
+    if model is not None:
+        # vocab_size/same_token_prob are filled in from the data at preparation time
+        mine = {k: v for k, v in model.to_dict().items() if k not in ("vocab_size", "same_token_prob")}
+        theirs = {k: v for k, v in stored_m.to_dict().items() if k not in ("vocab_size", "same_token_prob")}
+        diff = config_diff(theirs, mine)
+        if diff:
+            raise DSLMError(f"--resume: the model config differs from the run in {out}: " + "; ".join(diff))
+    tdiff = [k for k, v in train.to_dict().items() if stored_t.to_dict()[k] != v and k not in RESUMABLE_CHANGES]
+    if tdiff:
+        raise DSLMError(f"--resume: the training config differs from the run in {out}: " +
+                        "; ".join(config_diff({k: stored_t.to_dict()[k] for k in tdiff},
+                                              {k: train.to_dict()[k] for k in tdiff})))
+    allowed = {k: v for k, v in train.to_dict().items() if k in RESUMABLE_CHANGES and k != "data"}
+    return stored_m, stored_t.replace(**allowed)
+
+
+def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig, *, resume: bool = False,
+          explicit_config: bool = True, factory: ModelFactory | None = None, progress: bool = True,
+          log: Callable[[str], None] = print,
+          callbacks: Iterable[Callable[[int, dict[str, Any]], None]] = ()) -> TrainResult:
+    """Train (or resume) the run in `out`; returns a summary.
+
+    `callbacks` are called as ``cb(step, record)`` after every optimizer step (used by tests to kill
+    the process mid-run). `explicit_config` says whether the caller chose the configs (then they must
+    match a resumed run) or just wants the stored ones.
+    """
+    out = Path(out)
+    factory = factory or default_factory
+    d = setup_dist(train_config.device)
+    quiet = (lambda *_a, **_k: None)
+    say = log if d.main else quiet
+    if resume:
+        check_out_dir(out, resume=True)
+        model_config, train_config = _resolve_resume(out, train_config, model_config, explicit_config)
+    elif d.main:
+        check_out_dir(out, resume=False)
+        prepare_run(out, model_config, train_config, log=say)
+    _barrier(d)
+    rd: RunData = open_run(out, train_config)
+    mcfg, tcfg, objective = rd.model_config, rd.train_config, rd.objective
+    device = d.device
+    precision = resolve_precision(tcfg.precision, device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    per_rank, rem = divmod(tcfg.batch_size, d.world)
+    if rem:
+        raise DSLMError(f"batch_size {tcfg.batch_size} is not divisible by the {d.world} processes")
+    micro = tcfg.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise DSLMError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
+    accum = per_rank // micro
+
+    # ---- model (same init on every rank), then per-rank dropout RNG
+    torch.manual_seed(tcfg.seed)
+    raw = factory(mcfg).to(device)
+    if tcfg.activation_checkpointing:
+        if not hasattr(raw, "set_activation_checkpointing"):
+            raise DSLMError("this model does not support activation checkpointing")
+        raw.set_activation_checkpointing(True)
+    model: nn.Module = raw
+    if d.enabled:
+        if tcfg.fsdp:
+            from torch.distributed.fsdp import fully_shard
+
+            from .guard import residual_layers
+
+            for _, layer in residual_layers(raw):
+                fully_shard(layer)
+            model = fully_shard(raw)
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    elif tcfg.fsdp:
+        say("note: --fsdp has no effect in a single process (run under torchrun)")
+    sharded = d.enabled and tcfg.fsdp
+    n_params = sum(p.numel() for p in raw.parameters())
+    optimizer = torch.optim.AdamW(param_groups(raw, tcfg.weight_decay), lr=tcfg.lr,
+                                  betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
+    step = 0
+    if resume:
+        ckpt = ck.latest_checkpoint(out)
+        if ckpt is None:
+            say(f"resume: {out} has no checkpoint yet; starting from step 0")
+        else:
+            state = ck.read_state(ckpt)
+            if state.get("model_config") != mcfg.to_dict():
+                raise DSLMError(f"checkpoint {ckpt} was written for a different model config: "
+                                + "; ".join(config_diff(state.get("model_config") or {}, mcfg.to_dict())))
+            expected = raw.state_dict()
+            msd = ck.load_model_state(ckpt, expected)
+            osd, rng = ck.load_train_state(ckpt, state)
+            restore_state(model, raw, optimizer, msd, osd, sharded)
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            step = int(state["step"])
+            key = f"cpu.rank{d.rank}"
+            if key in rng and state.get("world_size") == d.world:
+                torch.set_rng_state(rng[key])
+                if device.type == "cuda" and f"cuda.rank{d.rank}" in rng:
+                    torch.cuda.set_rng_state(rng[f"cuda.rank{d.rank}"], device)
+            else:
+                say(f"resume: checkpoint from {state.get('world_size')} processes, now {d.world}: "
+                    "dropout RNG re-seeded (losses will not repeat bit-exactly)")
+                torch.manual_seed(tcfg.seed + 1 + d.rank + step)
+            say(f"resumed from {ckpt} at step {step}")
+    if step == 0:
+        torch.manual_seed(tcfg.seed + 1 + d.rank)
+    fwd_model: nn.Module = torch.compile(model) if tcfg.compile else model
+
+    metrics = Metrics(out, d.main, step if resume else None)
+    tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
+    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {mcfg.norm}-LN, scheme {mcfg.scheme}, "
+        f"{n_params / 1e6:.2f}M parameters; device {device}, {precision}, {d.world} process(es), "
+        f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
+
+    def save(at: int) -> Path | None:
+        msd, osd = gather_state(model, raw, optimizer, sharded)
+        rng_t = _rng_tensors(d)
+        path = None
+        if d.main:
+            meta = {"model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "objective": objective,
+                    "world_size": d.world, "data_position": {"next_step": at + 1, "seed": tcfg.seed},
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            extra = [out / "run.json"] + ([out / "tokenizer.json"] if rd.tokenizer is not None else [])
+            path = ck.save_checkpoint(out, at, model_state=msd, optim_state=osd, rng_states=rng_t, meta=meta,
+                                      keep=tcfg.keep_checkpoints, extra_files=extra)
+        _barrier(d)
+        return path
+
+    def run_eval(max_batches: int | None) -> dict[str, float]:
+        return evaluate(model, rd.val, objective, micro, device, precision, max_batches, rd.val_tokens_per_byte)
+
+    bar = None
+    if progress and d.main and step < tcfg.max_steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tcfg.max_steps, initial=step, unit="step", dynamic_ncols=True, desc="train")
+    model.train()
+    t0 = time.perf_counter()
+    start_step = step
+    last_ckpt = ck.latest_checkpoint(out)
+    last_eval: dict[str, float] = {}
+    try:
+        while step < tcfg.max_steps:
+            s = step + 1
+            lr = lr_at(s, tcfg)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            global_batch = rd.train.batch(s, tcfg.batch_size)
+            mine = rows(global_batch, d.rank * per_rank, (d.rank + 1) * per_rank)
+            loss_acc = torch.zeros((), device=device)
+            for m in range(accum):
+                b = to_device(rows(mine, m * micro, (m + 1) * micro), device)
+                sync = (m == accum - 1) or not isinstance(model, nn.parallel.DistributedDataParallel)
+                ctx = contextlib.nullcontext() if sync else model.no_sync()
+                with ctx:
+                    with autocast_ctx(precision, device):
+                        logits = forward(fwd_model, objective, b)
+                    tot, cnt = loss_sum(logits, b["labels"])
+                    loss = tot / cnt.clamp(min=1)
+                    scaler.scale(loss / accum).backward()
+                loss_acc += loss.detach() / accum
+            loss_val = _all_reduce_mean(loss_acc, d)
+            scaler.unscale_(optimizer)
+            gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters() if not d.enabled else model.parameters(),
+                                                   tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+            gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+            loss_f = float(loss_val)
+            bad = not math.isfinite(loss_f) or (not scaler.is_enabled() and not math.isfinite(gnorm))
+            if bad:
+                what = "loss" if not math.isfinite(loss_f) else "gradient norm"
+                if tcfg.on_nan == "skip":
+                    optimizer.zero_grad(set_to_none=True)
+                    step = s
+                    rec = {"step": s, "skipped": True, "loss": loss_f if math.isfinite(loss_f) else None}
+                    metrics.log(rec)
+                    (bar.write if bar is not None else say)(f"step {s}: non-finite {what}; step skipped (--on-nan skip)")
+                    if bar is not None:
+                        bar.update(1)
+                    for cb in callbacks:
+                        cb(step, rec)
+                    continue
+                b0 = to_device(rows(mine, 0, micro), device)
+                where = locate_nonfinite(raw, lambda: forward(raw, objective, b0))
+                kept = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise NonFiniteError(f"non-finite {what} at step {s} (loss {loss_f}, grad norm {gnorm}); {where}; "
+                                     f"{kept}. Lower the learning rate, use --on-nan skip, or change the scheme")
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step = s
+            elapsed = time.perf_counter() - t0
+            tps = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+            rec = {"step": step, "loss": loss_f, "lr": lr, "grad_norm": gnorm, "tokens": step * tokens_per_step,
+                   "tokens_per_s": round(tps, 1), "time_s": round(elapsed, 3)}
+            metrics.log(rec)
+            if bar is not None:
+                bar.update(1)
+                if step % tcfg.log_interval == 0 or step == tcfg.max_steps:
+                    bar.set_postfix(loss=f"{loss_f:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", refresh=False)
+            if step % tcfg.eval_interval == 0 or step == tcfg.max_steps:
+                last_eval = run_eval(tcfg.eval_batches)
+                metrics.log({"step": step, **last_eval})
+                msg = " ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
+                (bar.write if bar is not None else say)(f"step {step}: {msg}")
+            if step % tcfg.ckpt_interval == 0 or step == tcfg.max_steps:
+                last_ckpt = save(step) or last_ckpt
+            for cb in callbacks:
+                cb(step, rec)
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+    seconds = time.perf_counter() - t0
+    tps = (step - start_step) * tokens_per_step / max(seconds, 1e-9)
+    if not last_eval:
+        last_eval = run_eval(tcfg.eval_batches)
+    sample = None
+    if objective == "causal" and rd.tokenizer is not None and tcfg.sample_tokens > 0 and d.main:
+        prompt = rd.tokenizer.encode(tcfg.sample_prompt) or [0]
+        ids = generate(raw, prompt, tcfg.sample_tokens, mcfg.seq_len, temperature=tcfg.temperature,
+                       top_k=tcfg.top_k, seed=tcfg.seed, device=device)
+        sample = tcfg.sample_prompt + rd.tokenizer.decode(ids)
+    result = TrainResult(step, seconds, tps, last_eval, sample, out, ck.latest_checkpoint(out))
+    if d.main:
+        ck.write_json_atomic(out / "summary.json", {
+            "steps": step, "seconds_this_session": round(seconds, 2), "tokens_per_s": round(tps, 1),
+            "n_params": n_params, **last_eval, "sample": sample,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None})
+    _barrier(d)
+    return result
+
+
+__all__ = ["train", "evaluate", "generate", "forward", "loss_sum", "TrainResult", "setup_dist", "Dist",
+           "default_factory"]

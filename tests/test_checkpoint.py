@@ -1,0 +1,98 @@
+"""Checkpoints: safetensors + JSON only, atomic, verified on load (deepscalelm.train.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepscalelm import ModelConfig
+from deepscalelm.errors import DSLMError
+from deepscalelm.train import checkpoint as ck
+from deepscalelm.train.config import TrainConfig
+from deepscalelm.train.loop import train
+
+torch.set_num_threads(1)
+
+TINY = ModelConfig(n_layers=2, d_model=16, n_heads=2, seq_len=16, vocab_size=256)
+
+
+def small_text(tmp_path: Path, n: int = 30_000) -> str:
+    from deepscalelm.data.text import builtin_source
+
+    with builtin_source().open() as fh:
+        data = fh.read(n)
+    f = tmp_path / "corpus.txt"
+    f.write_bytes(data)
+    return str(f)
+
+
+def tiny_train(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(data=small_text(tmp_path), batch_size=4, max_steps=6, warmup_steps=2, eval_interval=3,
+                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_checkpoint_files_are_safetensors_and_json_only(tmp_path):
+    res = train(tmp_path / "run", TINY, tiny_train(tmp_path), progress=False, log=lambda *_: None)
+    ckpt = res.checkpoint
+    assert ckpt.name == "step-0000006"
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == ["model.safetensors", "run.json", "state.json", "tokenizer.json", "train_state.safetensors"]
+    state = ck.read_state(ckpt)
+    assert state["step"] == 6 and state["data_position"]["next_step"] == 7
+    # kept the two newest checkpoints only, no temporary leftovers
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()].__len__() == 2
+    msd = ck.load_model_state(ckpt)
+    osd, rng = ck.load_train_state(ckpt, state)
+    assert "tok_emb.weight" in msd and "cpu.rank0" in rng
+    assert set(osd["state"]) <= set(msd)
+
+
+def test_corrupt_truncated_and_foreign_checkpoints_are_rejected(tmp_path):
+    res = train(tmp_path / "run", TINY, tiny_train(tmp_path), progress=False, log=lambda *_: None)
+    ckpt = res.checkpoint
+    model_file = ckpt / "model.safetensors"
+    raw = bytearray(model_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(raw))
+    with pytest.raises(DSLMError, match="corrupt or truncated"):
+        ck.read_state(ckpt)
+    model_file.write_bytes(bytes(raw[: len(raw) // 3]))
+    with pytest.raises(DSLMError, match="corrupt or truncated"):
+        ck.read_state(ckpt)
+    with pytest.raises(DSLMError, match="cannot read"):
+        ck.load_model_state(ckpt)
+    (ckpt / "state.json").write_text("{not json")
+    with pytest.raises(DSLMError, match="state.json is corrupt"):
+        ck.read_state(ckpt)
+    # an intact checkpoint loaded into a model of another config
+    other = sorted((tmp_path / "run" / "checkpoints").iterdir())[0]
+    from deepscalelm.models import build_model
+
+    bigger = build_model(TINY.replace(d_model=32, same_token_prob=0.05))
+    with pytest.raises(DSLMError, match="different config"):
+        ck.load_model_state(other, bigger.state_dict())
+
+
+def test_sample_and_eval_commands_work_from_a_checkpoint(tmp_path, capsys):
+    from deepscalelm.cli import main
+
+    train(tmp_path / "run", TINY, tiny_train(tmp_path), progress=False, log=lambda *_: None)
+    assert main(["sample", str(tmp_path / "run"), "--prompt", "ROMEO:", "--length", "20", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("ROMEO:")
+    assert main(["sample", str(tmp_path / "run"), "--prompt", "ROMEO:", "--length", "20", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first  # seeded
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["step"] == 6 and res["val_loss"] > 0 and abs(res["val_bpb"] - res["val_loss"] / 0.6931471805599453) < 1e-9
+    f = tmp_path / "other.txt"
+    f.write_text("To be, or not to be, that is the question.\n" * 20)
+    assert main(["eval", str(tmp_path / "run"), "--file", str(f)]) == 0
+    assert "val_bpb" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
