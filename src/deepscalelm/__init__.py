@@ -24,6 +24,8 @@ _LAZY = {
     "build_model": "deepscalelm.models",
     "apply_scheme": "deepscalelm.models",
     "measure": "deepscalelm.measure",
+    "check": "deepscalelm.diagnostics",
+    "Telemetry": "deepscalelm.diagnostics",
 }
 
 
