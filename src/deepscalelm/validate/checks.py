@@ -306,26 +306,26 @@ def quick_grid(name: str) -> list[dict]:
     """Reduced grids for ``dslm validate --quick`` (whole set well under 2 minutes on 2 cores)."""
     if name == "linear":
         return _product(mu=[0.1, 10], sx=[0.3162, 3.1623], rx=[0.0, 2 / 3], mw=[1.0], sg=[1.0],
-                        rg=[0.0, 2 / 3], d_in=[64, 256], d_out=[128], L=[64], runs=[32])
+                        rg=[0.0, 2 / 3], d_in=[64, 128], d_out=[64], L=[32], runs=[48])
     if name in ("relu", "gelu"):
-        return _product(sx=_S3, rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0, 0.8], d=[64], L=[64],
-                        runs=[64])
+        return _product(sx=_S3, rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0, 0.8], d=[64], L=[32],
+                        runs=[128])
     if name == "layernorm":
         return _product(mu=[-10, 3.333], sx=[0.3162, 3.1623], rx=[0.0, 0.4, 0.8], sg=[1.0],
-                        rg=[0.0, 0.8], d=[64, 256], L=[64], runs=[32])
+                        rg=[0.0, 0.8], d=[64, 128], L=[32], runs=[48])
     if name == "dropout":
         return _product(mu=[-10, 0, 10], sx=[0.3162, 3.1623], rx=[0.0, 2 / 3], sg=[1.0],
-                        rg=[0.0, 2 / 3], p=[0.0, 1 / 3, 2 / 3], d=[128], L=[64], runs=[32])
+                        rg=[0.0, 2 / 3], p=[0.0, 1 / 3, 2 / 3], d=[64], L=[32], runs=[48])
     if name == "softmax":
         return _product(sx=[0.1, 0.3162, 1.0], rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0],
-                        L=[300, 1732], runs=[4000])
+                        L=[300, 1000], runs=[2000])
     if name in ("attention", "attention_causal"):
-        return _product(sx=[1.0], rx=[0.0, 2 / 3], mv=[1.0], mqk=[0.2449, 0.6], p=[0.0, 1 / 3],
-                        sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32], L=[64], runs=[32])
+        return _product(sx=[1.0], rx=[0.0, 2 / 3], mv=[1.0], mqk=[0.2449, 0.6, 1.0], p=[0.0, 1 / 3],
+                        sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32], L=[16, 64], runs=[64])
     if name == "cross_attention":
         return _product(sx=[1.0], skv=[0.5, 2.0], rx=[0.0, 2 / 3], rkv=[0.0, 2 / 3], mv=[1.0],
                         mqk=[0.6], p=[0.0], sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32],
-                        L=[64], L_q=[32], runs=[32])
+                        L=[64], L_q=[32], runs=[64])
     if name == "embedding":
         return _product(w=[1.0], d=[32], L=[128], vocab=[1000, 30522], runs=[32])
     raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
@@ -349,7 +349,7 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
                       mw=logu(0.1, 10), rg=rng.uniform(0, 2 / 3), d_in=rng.randint(64, 256),
                       d_out=rng.randint(64, 256), L=rng.randint(32, 128), runs=32)
         elif name in ("relu", "gelu"):
-            pt = dict(base, rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8), d=64, L=64, runs=64)
+            pt = dict(base, rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8), d=64, L=64, runs=128)
         elif name == "layernorm":
             pt = dict(base, mu=rng.uniform(-10, 10), rx=rng.uniform(0, 0.8),
                       rg=rng.uniform(0, 0.8), d=rng.randint(64, 256), L=64, runs=32)
@@ -358,17 +358,19 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
                       rg=rng.uniform(0, 2 / 3), p=rng.uniform(0, 2 / 3), d=128, L=64, runs=32)
         elif name == "softmax":
             pt = dict(base, sx=logu(0.01, 1.0), rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8),
-                      L=rng.randint(300, 2000), runs=4000)
+                      L=rng.randint(300, 1000), runs=2000)
         elif name in ("attention", "attention_causal"):
+            # q/k multiplier up to 1 (logit variance up to 1, the DSLM setting), beyond the
+            # authors' 0.6
             pt = dict(base, sx=1.0, rx=rng.uniform(0, 2 / 3), mv=logu(0.3162, 3.1623),
-                      mqk=rng.uniform(0.1, 0.6), p=rng.uniform(0, 2 / 3), rg=rng.uniform(0, 2 / 3),
-                      d_in=rng.randint(64, 256), d_k=rng.choice([16, 32, 64]),
-                      L=rng.choice([16, 32, 64, 128]), runs=32)
+                      mqk=rng.uniform(0.1, 1.0), p=rng.uniform(0, 2 / 3), rg=rng.uniform(0, 2 / 3),
+                      d_in=rng.randint(64, 256), d_k=rng.choice([32, 64]),
+                      L=rng.choice([16, 32, 64, 128]), runs=96)
         elif name == "cross_attention":
             pt = dict(base, sx=1.0, skv=logu(0.5, 2.0), rx=rng.uniform(0, 2 / 3),
                       rkv=rng.uniform(0, 2 / 3), mv=logu(0.3162, 3.1623), mqk=rng.uniform(0.1, 0.6),
                       p=rng.uniform(0, 1 / 3), rg=rng.uniform(0, 2 / 3), d_in=rng.randint(64, 256),
-                      d_k=32, L=rng.choice([32, 64]), L_q=rng.choice([16, 32, 64]), runs=32)
+                      d_k=32, L=rng.choice([32, 64]), L_q=rng.choice([16, 32, 64]), runs=96)
         else:  # embedding
             pt = dict(w=logu(0.1, 10), d=32, L=rng.choice([64, 128]),
                       vocab=rng.choice([500, 5000, 30522]), runs=32)
