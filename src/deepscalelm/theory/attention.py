@@ -377,9 +377,10 @@ class Attention:
         c2 = (1.0 - rk) ** 2 * t
         if not self.exact:
             if self.causal:
-                # authors' expressions per window n = i, pooled over positions
+                # authors' expressions per window n = i (L -> i), pooled over positions:
+                # mean_i of ((i-1) c2 + e^v a (4 c2 + (1-r) s2) ) / i + r s2
                 ev = _exp(v)
-                var = rk * s2k + ((1 - 1 / L) * 0 + (L - self._harm) * c2
+                var = rk * s2k + ((L - self._harm) * c2
                                   + ev * a * (4 * c2 + (1 - rk) * s2k) * self._harm) / L
                 pair = 2.0 * (L - self._harm) / (L * (L - 1)) if L > 1 else 0.0
                 cov = rk * s2k + (2 * c2 + (1 - rk) * s2k) * pair

@@ -311,17 +311,17 @@ def quick_grid(name: str) -> list[dict]:
         return _product(sx=_S3, rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0, 0.8], d=[64], L=[32],
                         runs=[128])
     if name == "layernorm":
-        return _product(mu=[-10, 3.333], sx=[0.3162, 3.1623], rx=[0.0, 0.4, 0.8], sg=[1.0],
+        return _product(mu=[-10, 3.333], sx=[3.1623], rx=[0.0, 0.4, 0.8], sg=[1.0],
                         rg=[0.0, 0.8], d=[64, 128], L=[32], runs=[48])
     if name == "dropout":
-        return _product(mu=[-10, 0, 10], sx=[0.3162, 3.1623], rx=[0.0, 2 / 3], sg=[1.0],
+        return _product(mu=[-10, 0, 10], sx=[3.1623], rx=[0.0, 2 / 3], sg=[1.0],
                         rg=[0.0, 2 / 3], p=[0.0, 1 / 3, 2 / 3], d=[64], L=[32], runs=[48])
     if name == "softmax":
         return _product(sx=[0.1, 0.3162, 1.0], rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0],
                         L=[300, 1000], runs=[2000])
     if name in ("attention", "attention_causal"):
-        return _product(sx=[1.0], rx=[0.0, 2 / 3], mv=[1.0], mqk=[0.2449, 0.6, 1.0], p=[0.0, 1 / 3],
-                        sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32], L=[16, 64], runs=[64])
+        return _product(sx=[1.0], rx=[0.0, 2 / 3], mv=[1.0], mqk=[0.2449, 1.0], p=[0.0, 1 / 3],
+                        sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32], L=[16, 64], runs=[96])
     if name == "cross_attention":
         return _product(sx=[1.0], skv=[0.5, 2.0], rx=[0.0, 2 / 3], rkv=[0.0, 2 / 3], mv=[1.0],
                         mqk=[0.6], p=[0.0], sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32],
