@@ -202,6 +202,18 @@ def test_cross_attention_matches_monte_carlo():
                 assert abs(pred - actual) <= tol * pred_var, (qty, pt)
 
 
+def test_cross_attention_query_gradient_is_the_qk_path_only():
+    kw = dict(d_model=64, d_head=16, seq_len=32, q_var=1 / 64, k_var=1 / 64, v_var=1 / 64, q_len=8)
+    x, kv, g = Signal(0.0, 1.0, 0.2), Signal(0.0, 2.0, 0.4), Grad(1.0, 0.3)
+    assert Attention(**kw, qk_grad=False).backward(x, g, kv=kv).var == 0.0
+    assert Attention(**kw).backward(x, g, kv=kv).var > 0.0
+    # the value path at the key/value input scales with the number of queries per key
+    v8 = Attention(**kw, qk_grad=False).backward_kv(x, Grad(1.0, 0.0), kv).var
+    kw["q_len"] = 16
+    v16 = Attention(**kw, qk_grad=False).backward_kv(x, Grad(1.0, 0.0), kv).var
+    assert v16 == pytest.approx(2 * v8)
+
+
 def test_cross_attention_rejects_causal_and_needs_kv():
     head = Attention(32, 8, 16, 0.1, 0.1, 0.1, causal=True)
     with pytest.raises(ValueError, match="causal"):

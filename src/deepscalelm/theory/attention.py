@@ -21,9 +21,19 @@ Two forms are offered for the attention head:
   finite-window softmax second moment S_n = n E[p^2] (computed by a one-dimensional quadrature with a
   Fenton-Wilkinson log-normal model of the softmax denominator) instead of the large-L exponent
   e^{(1-r) sigma_s^2}/L, keeps the dropout term of the shared (correlated) part of the values, makes
-  every logit-coupling term vanish for a one-key window, and pools causal windows exactly over
-  positions. The backward pass adds the gradient through the softmax into Q and K
-  (``qk_grad=True``), to first order in the logit fluctuations.
+  every logit-coupling term vanish for a one-key window, accounts for the correlated attention
+  patterns of correlated queries (factor e^{r v}), and pools causal windows exactly over positions.
+  The backward pass adds the gradient through the softmax into Q and K (``qk_grad=True``), to first
+  order in the logit fluctuations, with the softmax-Jacobian mass S - 2C + S^2 and the coherent
+  key/value term of one weight draw.
+
+Accuracy (docs/validation.md, independent random grid, logit variance up to 1, L = 16..128): every
+pooled moment within 10% at the 99th percentile; the gradient variance within 6.3% at worst,
+against 43% (bidirectional) and 60% (causal) for the paper's value-path formula. Outside the range
+sigma_s^2 <~ 1 the first-order terms over-estimate (15-25% on the output variance at sigma_s^2 = 2).
+
+Cost: a call is O(1) once the effective logit variance v has been seen (sums over causal windows are
+memoised per v); a new v costs ~20 quadratures of 17 nodes (~0.2 ms causal, ~20 us bidirectional).
 
 Inputs with a non-zero mean mu are folded into the Gaussian model: every path into the head goes
 through a zero-mean weight matrix, so the mean acts as an extra component shared by all tokens,
@@ -432,6 +442,8 @@ class Attention:
         if kv is not None:
             if self.causal:
                 raise ValueError("causal must be False for cross-attention (kv given)")
+            if not self.qk_grad:
+                return Grad(0.0, 0.0)
             qv, qc = self._q_path(x, g, kv)
             return self._grad(qv, qc)
         vv, vc = self._value_path(x, g, None)
