@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results"
-FIGURES = ROOT / "docs" / "figures" / "results"
+# DSLM_EXPERIMENTS_OUT redirects logs and figures (used by the smoke test so it never overwrites results)
+_OUT = os.environ.get("DSLM_EXPERIMENTS_OUT")
+RESULTS = Path(_OUT) if _OUT else ROOT / "experiments" / "results"
+FIGURES = Path(_OUT) if _OUT else ROOT / "docs" / "figures" / "results"
 DATA = Path(os.environ.get("DSLM_DATA", "/work/shared/data"))
 
 
@@ -191,7 +193,7 @@ def train_lm(cfg, train_ids: np.ndarray, val_ids: np.ndarray, *, steps: int, bat
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf")))
-        lv = float(loss)
+        lv = float(loss.detach())
         if not (math.isfinite(lv) and math.isfinite(gn)):
             diverged, stopped_at = True, s
             curve.append(lv)
