@@ -80,10 +80,11 @@ class AttentionBlock:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model must be divisible by n_heads, got {self.d_model} and {self.n_heads}")
+        # cross-attention over a memory of kv_len keys: seq_len queries attend to kv_len keys
         head = Attention(self.d_model, self.d_model // self.n_heads,
                          self.seq_len if self.kv_len is None else self.kv_len,
                          self.q_var, self.k_var, self.v_var, attn_dropout=self.attn_dropout,
-                         causal=self.causal)
+                         causal=self.causal, q_len=self.seq_len)
         object.__setattr__(self, "_head", head)
         object.__setattr__(self, "_proj", Linear(self.d_model, self.d_model, self.o_var))
         object.__setattr__(self, "_drop", Dropout(self.dropout))
