@@ -44,9 +44,15 @@ TASKS = ("sst2", "boolq", "dream", "babi-qa1")
 ROOT = Path(__file__).resolve().parent
 
 
-def settings(quick: bool) -> dict:
-    """Sizes of the study (quick: minutes on one CPU core; full: still CPU-sized)."""
-    if quick:
+def settings(mode: str) -> dict:
+    """Sizes of the study. quick: ~15 CPU-minutes; medium: longer pretraining and fine-tuning on the two
+    tasks with the most signal at this scale, one lr (~15 CPU-minutes); full: whole splits (a GPU job)."""
+    if mode == "medium":
+        return dict(seq_len=96, pre_steps=600, pre_batch=16, pre_lr=1e-3, lrs=(1e-3,), seeds=(0, 1),
+                    epochs=3.0, batch=16, subset={"train": 1000, "dev": 200, "test": 400},
+                    subset_mc={"train": 300, "dev": 100, "test": 200}, deep=(None, 32, 2), wide=(3, 64, 4),
+                    tasks=("sst2", "babi-qa1"))
+    if mode == "quick":
         return dict(seq_len=96, pre_steps=250, pre_batch=16, pre_lr=1e-3, lrs=(3e-4, 1e-3), seeds=(0, 1),
                     epochs=2.0, batch=16, subset={"train": 400, "dev": 200, "test": 400},
                     subset_mc={"train": 200, "dev": 100, "test": 200}, deep=(None, 32, 2), wide=(3, 64, 4))
@@ -117,18 +123,20 @@ def pretrain(name: str, mcfg: ModelConfig, s: dict, corpus: Path, work: Path) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="subsets, 2 lrs x 2 seeds, 250 pretraining steps")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="subsets, 2 lrs x 2 seeds, 250 pretraining steps")
+    g.add_argument("--medium", action="store_true", help="600 pretraining steps; sst2 and babi-qa1, 1 lr x 2 seeds")
     ap.add_argument("--work", default="/tmp/dslm-downstream", help="scratch directory (pretraining runs, checkpoints)")
     ap.add_argument("--data-dir", default="/work/shared/data")
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default=None, help=f"comma-separated (default {','.join(TASKS)}; medium: sst2,babi-qa1)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    s = settings(args.quick)
-    tag = "quick" if args.quick else "full"
+    tag = "quick" if args.quick else "medium" if args.medium else "full"
+    s = settings(tag)
     work = Path(args.work).expanduser() / tag
     work.mkdir(parents=True, exist_ok=True)
-    tasks = [t for t in args.tasks.split(",") if t]
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(s.pop("tasks", TASKS))
     corpus = work / "corpus.txt"
     corpus_sizes = write_corpus(corpus, args.data_dir)
     cfgs = configs(s)
