@@ -31,7 +31,7 @@ def small_text(tmp_path: Path, n: int = 30_000) -> str:
 
 def tiny_train(tmp_path: Path, **kw) -> TrainConfig:
     base = dict(data=small_text(tmp_path), batch_size=4, max_steps=6, warmup_steps=2, eval_interval=3,
-                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7)
+                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7, threads=1)
     base.update(kw)
     return TrainConfig(**base)
 

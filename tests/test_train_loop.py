@@ -34,7 +34,7 @@ def small_text(tmp_path: Path, n: int = 30_000) -> str:
 
 def cfg(tmp_path: Path, **kw) -> TrainConfig:
     base = dict(data=small_text(tmp_path), batch_size=4, max_steps=6, warmup_steps=2, eval_interval=3,
-                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7)
+                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7, threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -205,3 +205,16 @@ def test_cli_train_smoke_and_errors(tmp_path, capsys):
     assert losses(out)[-1] > 0 and len(losses(out)) == 6
     assert main(["train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_activation_checkpointing_same_losses_and_bf16_autocast_runs(tmp_path):
+    t = cfg(tmp_path, max_steps=3, eval_interval=10, ckpt_interval=10)
+    no_drop = TINY.replace(dropout=0.0, attn_dropout=0.0)
+    train(tmp_path / "plain", no_drop, t, **QUIET)
+    train(tmp_path / "ckpt", no_drop, t.replace(activation_checkpointing=True), **QUIET)
+    assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), rel=1e-6)
+    res = train(tmp_path / "bf16", TINY, t.replace(precision="bf16"), **QUIET)
+    assert all(math.isfinite(x) for x in losses(tmp_path / "bf16")) and math.isfinite(res.final["val_loss"])
+    with pytest.raises(DSLMError, match="fp16 training needs a GPU"):
+        train(tmp_path / "fp16", TINY, t.replace(precision="fp16"), **QUIET)
+    assert not (tmp_path / "fp16").exists()

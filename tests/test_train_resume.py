@@ -24,7 +24,7 @@ CONFIG = textwrap.dedent("""
     def make_cfg(data):
         return TrainConfig(data=data, batch_size=4, micro_batch_size=2, max_steps=12, warmup_steps=3,
                            eval_interval=4, eval_batches=2, ckpt_interval=4, log_interval=1, sample_tokens=0,
-                           seed=11, lr=3e-3)
+                           seed=11, lr=3e-3, threads=1)
 """)
 # one training process that kills itself with SIGKILL after step KILL_AT
 SCRIPT = CONFIG + textwrap.dedent("""

@@ -16,6 +16,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--max-batches", type=int, default=None, help="cap the number of batches (default: whole split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: the idle cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    model, mcfg, tcfg, tok, ckpt, state = load_for_inference(args.checkpoint, args.device)
+    model, mcfg, tcfg, tok, ckpt, state = load_for_inference(args.checkpoint, args.device, threads=args.threads)
     objective = state.get("objective", "causal")
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory() as tmpd:

@@ -16,6 +16,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--top-k", type=int, default=40, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: the idle cores)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--length must be >= 0, got {args.length}")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    model, mcfg, tcfg, tok, ckpt, _ = load_for_inference(args.checkpoint, args.device)
+    model, mcfg, tcfg, tok, ckpt, _ = load_for_inference(args.checkpoint, args.device, threads=args.threads)
     if mcfg.arch != "decoder" or tok is None:
         raise DSLMError(f"checkpoint {ckpt} is a {mcfg.arch} model; sampling needs a decoder (causal LM)")
     prompt = tcfg.sample_prompt if args.prompt is None else args.prompt

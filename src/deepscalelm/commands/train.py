@@ -40,6 +40,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--norm", choices=["pre", "post"], help="model.norm")
     p.add_argument("--scheme", help="model.scheme (dslm, xavier, normal, gpt2, deepnet)")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: automatic, the idle cores)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
@@ -54,7 +55,7 @@ _FLAGS = {  # argparse dest -> config key
     "data": "train.data", "tokenizer": "train.tokenizer", "max_steps": "train.max_steps",
     "batch_size": "train.batch_size", "micro_batch_size": "train.micro_batch_size", "lr": "train.lr",
     "seed": "train.seed", "seq_len": "model.seq_len", "n_layers": "model.n_layers", "d_model": "model.d_model",
-    "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "precision": "train.precision",
+    "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
     "fsdp": "train.fsdp", "on_nan": "train.on_nan",
 }

@@ -39,6 +39,9 @@ class TrainConfig:
     * ``grad_clip``: max global L2 norm of the gradient (0 = off).
     * ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, fp32 on CPU.
     * ``on_nan``: ``stop`` (report and stop, keeping the last good checkpoint) or ``skip`` the step.
+    * ``threads``: torch CPU threads per process; 0 = automatic when the run is created (the cores not
+      already busy by the 1-minute load average, at least 1, at most torch's default) and then stored
+      with the run, so a resumed run computes with the same thread count (needed for bit-exact resume).
     """
 
     data: str | None = None
@@ -64,6 +67,7 @@ class TrainConfig:
     seed: int = 1234
     precision: str = "auto"
     device: str = "auto"
+    threads: int = 0
     compile: bool = False
     activation_checkpointing: bool = False
     fsdp: bool = False
@@ -107,6 +111,7 @@ class TrainConfig:
         pos_int("warmup_steps", 0)
         pos_int("sample_tokens", 0)
         pos_int("seed", 0)
+        pos_int("threads", 0)
         if self.micro_batch_size is not None:
             pos_int("micro_batch_size")
         if self.top_k is not None:
@@ -141,7 +146,7 @@ class TrainConfig:
 #: fields that may differ when a run is resumed (they do not change the computation of a step)
 RESUMABLE_CHANGES = frozenset({"max_steps", "eval_interval", "eval_batches", "ckpt_interval",
                                "keep_checkpoints", "log_interval", "sample_tokens", "sample_prompt",
-                               "temperature", "top_k", "on_nan", "compile", "device", "data"})
+                               "temperature", "top_k", "on_nan", "compile", "device", "data", "threads"})
 
 # --------------------------------------------------------------------------------------- presets
 _DEEP = dict(arch="decoder", norm="pre", dropout=0.1, attn_dropout=0.1, scheme="dslm", vocab_size=256)
@@ -154,7 +159,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                   ckpt_interval=10, log_interval=5, sample_tokens=80, lr=2e-3)),
     # the default of `dslm train`: a deep, narrow byte-level DSLM decoder, a few minutes on 2 CPU cores
     "shakespeare-deep": (dict(_DEEP, n_layers=24, d_model=64, n_heads=4, seq_len=64),
-                         dict(batch_size=8, max_steps=300, warmup_steps=30, eval_interval=100,
+                         dict(batch_size=8, max_steps=500, warmup_steps=50, eval_interval=100,
                               eval_batches=8, ckpt_interval=100, lr=2e-3)),
     # word-level Penn Treebank, 192 layers deep as in the paper's very deep models (needs a GPU)
     "ptb-192": (dict(_DEEP, n_layers=192, d_model=256, n_heads=4, seq_len=128, vocab_size=10000),

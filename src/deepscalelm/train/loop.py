@@ -99,6 +99,21 @@ def _barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def auto_threads(world: int = 1) -> int:
+    """CPU threads per process: the cores not busy by the 1-minute load average, in [1, torch default].
+
+    On a shared machine, more OpenMP threads than free cores make every step many times slower
+    (threads spin-wait on each other), so an idle share is the better default.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    free = int(cores - load + 0.5) // max(1, world)
+    return max(1, min(torch.get_num_threads(), free))
+
+
 # ------------------------------------------------------------------------------------- the loss
 def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in batch.items()}
@@ -374,24 +389,28 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     if resume:
         check_out_dir(out, resume=True)
         model_config, train_config = _resolve_resume(out, train_config, model_config, explicit_config)
-    elif d.main:
+    elif train_config.threads == 0 and d.device.type == "cpu":
+        train_config = train_config.replace(threads=auto_threads(d.world))
+    if d.device.type == "cpu" and train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    # checks that need no data come first: bad input must not leave a half-made run directory
+    precision = resolve_precision(train_config.precision, d.device)
+    per_rank, rem = divmod(train_config.batch_size, d.world)
+    if rem:
+        raise DSLMError(f"batch_size {train_config.batch_size} is not divisible by the {d.world} processes")
+    micro = train_config.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise DSLMError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
+    accum = per_rank // micro
+    if not resume and d.main:
         check_out_dir(out, resume=False)
         prepare_run(out, model_config, train_config, log=say)
     _barrier(d)
     rd: RunData = open_run(out, train_config)
     mcfg, tcfg, objective = rd.model_config, rd.train_config, rd.objective
     device = d.device
-    precision = resolve_precision(tcfg.precision, device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-    per_rank, rem = divmod(tcfg.batch_size, d.world)
-    if rem:
-        raise DSLMError(f"batch_size {tcfg.batch_size} is not divisible by the {d.world} processes")
-    micro = tcfg.micro_batch_size or per_rank
-    if per_rank % micro:
-        raise DSLMError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
-    accum = per_rank // micro
 
     # ---- model (same init on every rank), then per-rank dropout RNG
     torch.manual_seed(tcfg.seed)
@@ -455,7 +474,8 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     metrics = Metrics(out, d.main, step if resume else None)
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
     say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {mcfg.norm}-LN, scheme {mcfg.scheme}, "
-        f"{n_params / 1e6:.2f}M parameters; device {device}, {precision}, {d.world} process(es), "
+        f"{n_params / 1e6:.2f}M parameters; device {device}"
+        f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, {d.world} process(es), "
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
 
     def save(at: int) -> Path | None:

@@ -15,9 +15,12 @@ from . import checkpoint as ck
 from .config import TrainConfig
 
 
-def load_for_inference(path: str | Path, device: str = "cpu", factory: Any = None
+def load_for_inference(path: str | Path, device: str = "cpu", factory: Any = None, threads: int = 0
                        ) -> tuple[nn.Module, ModelConfig, TrainConfig, Tokenizer | None, Path, dict]:
-    """(model in eval mode, model config, train config, tokenizer or None, checkpoint dir, state)."""
+    """(model in eval mode, model config, train config, tokenizer or None, checkpoint dir, state).
+
+    On CPU, ``threads`` torch threads are used (0: the idle cores, see `loop.auto_threads`).
+    """
     ckpt = ck.resolve_checkpoint(path)
     state = ck.read_state(ckpt)
     try:
@@ -29,6 +32,10 @@ def load_for_inference(path: str | Path, device: str = "cpu", factory: Any = Non
         from ..models import build_model as factory
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DSLMError(f"device {device!r} requested but CUDA is not available")
+    if not device.startswith("cuda"):
+        from .loop import auto_threads
+
+        torch.set_num_threads(threads or auto_threads())
     torch.manual_seed(0)
     model = factory(mcfg).to(device)
     sd = ck.load_model_state(ckpt, model.state_dict())
