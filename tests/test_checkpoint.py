@@ -96,3 +96,17 @@ def test_sample_and_eval_commands_work_from_a_checkpoint(tmp_path, capsys):
     assert "val_bpb" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_leftovers_of_a_killed_checkpoint_write_are_ignored_and_cleaned(tmp_path):
+    out = tmp_path / "run"
+    t = tiny_train(tmp_path, max_steps=3)
+    train(out, TINY, t, progress=False, log=lambda *_: None)
+    root = out / "checkpoints"
+    partial = root / ".tmp-step-0000006-999999-1"  # a writer killed before its rename
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert ck.latest_checkpoint(out).name == "step-0000003"
+    res = train(out, TINY, t.replace(max_steps=6), resume=True, progress=False, log=lambda *_: None)
+    assert res.steps == 6 and not partial.exists()
+    assert sorted(p.name for p in root.iterdir()) == ["step-0000003", "step-0000006"]
