@@ -8,8 +8,12 @@ its output as the key/value stream of every decoder cross-attention, and send th
 cross-attention key/value gradients back into the encoder.
 
 Modelling assumptions beyond the components': block outputs are uncorrelated with the stream they
-are added to (true at initialisation for zero-mean weights); statistics of causal attention are
-pooled over positions; per-position variance differences are not carried between layers.
+are added to (true at initialisation for zero-mean weights). Bidirectional stacks are exchangeable
+over positions, so one variance and one correlation describe every stream point. Causal stacks are
+not: their backward pass (`deepscalelm.theory.positional.causal_backward`) carries the L x L token
+covariance of the gradient and of the forward stream, and the records pool it (variance = mean over
+positions, corr = mean off-diagonal covariance / variance; docs/causal_attention.md §8). The forward
+records of causal stacks stay those of the pooled engine.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .blocks import AttentionBlock, FFNBlock, ResidualMerge, sum_grads, sum_sign
 from .components import Dropout, Embedding, LayerNorm, Linear
 from .moments import Grad, Signal
 from .naming import layer_blocks
+from .positional import causal_backward
 from .schemes import Scheme, embedding_corr, get_scheme
 
 # name of a block in a record (`cross` is the module name, `cross_attn` the record name)
@@ -156,13 +161,15 @@ def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signa
 
 
 def predict(config: ModelConfig, scheme: Scheme | str | None = None,
-            seed: Grad = Grad(1.0, 0.0)) -> Trajectory:
+            seed: Grad = Grad(1.0, 0.0), *, positional: bool = True) -> Trajectory:
     """Predicted moments of every sublayer of the model described by ``config``.
 
     ``scheme``: a `Scheme`, a scheme name, or None for ``config.scheme``. ``seed``: the gradient at
     the model's final hidden state (default: unit variance, uncorrelated; the paper's protocol).
     Returns a `Trajectory` with records in forward order (encoder stack first); see
-    `deepscalelm.records` for the fields.
+    `deepscalelm.records` for the fields. ``positional`` (default True): causal stacks carry the
+    gradient's per-position variance and token covariance (`deepscalelm.theory.positional`); False
+    gives the older fully pooled backward pass.
     """
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
@@ -186,8 +193,13 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
     per_stack: list[list[Record]] = []
     for stack, emb, steps, out, final in reversed(fwd):
         label = stack.rstrip(".")
-        g_out = ln.backward(out, g_top) if pre else g_top
-        grads, g_emb, kv_grads = backward_stack(config, steps, g_out)
+        causal = {s: c for s, _n, c in stacks}[stack]
+        if causal and positional:
+            # causal stacks: position-resolved gradient covariance (theory/positional.py)
+            grads, g_emb, kv_grads = causal_backward(config, steps, g_top, emb)
+        else:
+            g_out = ln.backward(out, g_top) if pre else g_top
+            grads, g_emb, kv_grads = backward_stack(config, steps, g_out)
         recs = _records(label, steps, grads, emb, g_emb)
         if pre:
             n_layers = {s: n for s, n, _ in stacks}[stack]

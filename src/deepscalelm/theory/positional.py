@@ -1,0 +1,407 @@
+"""Position-resolved gradient propagation through causal (decoder) stacks.
+
+The pooled engine (`deepscalelm.theory.model`) describes the gradient of a stream point by one
+variance and one token correlation. In a causal stack that loses two things (docs/causal_attention.md
+§8):
+
+* the gradient variance depends strongly on the position: key 1 is attended by every query, so early
+  positions collect gradient from the whole sequence and their per-layer gain is far above that of
+  late positions;
+* the token covariance created by a causal backward pass is concentrated among early positions and
+  is *not* exchangeable, so the next causal value path amplifies it much less than an exchangeable
+  covariance with the same mean would be.
+
+* the forward token correlation is not exchangeable either: early tokens share most of their keys,
+  so after a few layers the first positions are far more correlated with each other than the pooled
+  correlation says (0.4-0.8 against 0.16-0.54 measured in a 100-layer Post-LN DSLM stack), which
+  flattens their softmax and lowers their backward gain.
+
+Here a causal stack carries the full L x L token covariance of the forward stream (for the
+per-window correlations r_n and the per-token variances that LayerNorm divides the gradient by) and
+of the gradient G (per hidden unit; hidden units are exchangeable). Each causal
+attention head maps G with its per-window softmax masses S_n, C_n, J_n (windows n = i), using the
+same pair moments as the pooled formulas of `deepscalelm.theory.attention`, resolved per position
+(r, v = (1 - r) sigma_s^2 and S_n, C_n, J_n taken per window; rho_ik = e^{C_ik v} per query pair):
+
+* value path: E[A_ij^2] = S_i / i; E[A_ij A_il] = (1 - S_i) / (i (i - 1)) for j != l; two different
+  queries i != k: E[A_ij A_kj] = (1 + (rho - 1)(1 - 1/min)) / (i k), rho = e^{r v}, and the key pairs
+  j != l lose the same total (sum_{j,l} A_ij A_kl = 1);
+* Q path (per query i): u_i [(a - r) J_i + coh (1 - S_i)^2] on the diagonal and
+  G_ik [(1 - r)(1 - 1/min)/max + coh (1 - S_i)(1 - S_k)] off it;
+* K path (per key j): sum_{i >= j} (a - r) J_i u_i / i + r (1 - r) sum_{i != k >= j} G_ik (1 - 1/min)
+  (1 + (rho - 1)(1 - 1/min)) / (i k), no covariance between keys.
+
+Pooling each of these over positions gives back exactly the pooled formulas for an exchangeable input
+gradient (tested). The sums over queries are suffix sums (2-D for the cross-query terms), so one block
+costs O(L^2) numpy operations. The forward covariance uses the same pair moments:
+Cov(y_i, y_k) = d sigma_v^2 [sum_{j<=i, l<=k} K_jl/(i k) + (rho_ik - 1)(1 - 1/min)(1 - r) s^2/max
++ 2 c2/max]; FFN blocks map each pair's correlation with the pooled FFN formula (tabulated).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .moments import Grad, Signal, clip_corr
+
+__all__ = ["window_masses", "window_masses_var", "attention_forward", "attention_position_var", "ffn_forward",
+           "forward_positional", "causal_backward", "pooled", "exchangeable"]
+
+# The softmax-mass closure of `deepscalelm.theory.attention.softmax_masses` (log-normal model of the
+# softmax denominator, 17-node trapezoid rule on [-6, 6]), vectorised over all windows n = 1..L.
+# The math is copied (not imported) so the causal stack can evaluate every window in one numpy call.
+_Z = np.arange(-6.0, 6.0 + 1e-9, 0.75)
+_ZW = np.exp(-0.5 * _Z * _Z)
+_ZW /= _ZW.sum()
+_MASS_MEMO: dict = {}
+
+
+def window_masses(L: int, v: float) -> tuple[np.ndarray, np.ndarray]:
+    """(S_n, C_n) for n = 1..L (arrays of length L) at effective logit variance ``v``."""
+    key = (L, v)
+    hit = _MASS_MEMO.get(key)
+    if hit is not None:
+        return hit
+    n = np.arange(1, L + 1, dtype=float)
+    if v <= 0.0:
+        s, c = 1.0 / n, 1.0 / n ** 2
+    else:
+        m = n[1:] - 1.0
+        if v > 30.0:
+            s2r = v + np.log1p((m - 1.0) * math.exp(-v)) - np.log(m)
+        else:
+            s2r = np.log1p(math.expm1(v) / m)
+        mur = np.log(m) + 0.5 * v - 0.5 * s2r
+        sw = np.sqrt(v + s2r)
+        w = np.clip(mur[:, None] + sw[:, None] * _Z[None, :], -700.0, 700.0)
+        q = 1.0 / (1.0 + np.exp(w))
+        q2 = q * q
+        s = np.concatenate(([1.0], n[1:] * (q2 @ _ZW)))
+        c = np.concatenate(([1.0], n[1:] * ((q2 * q) @ _ZW)))
+    if len(_MASS_MEMO) > 4096:
+        _MASS_MEMO.clear()
+    _MASS_MEMO[key] = (s, c)
+    return s, c
+
+
+def window_masses_var(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(S_n, C_n) for n = 1..L with a different effective logit variance v_n per window."""
+    L = len(v)
+    n = np.arange(1, L + 1, dtype=float)
+    vv = np.clip(v[1:], 1e-12, 30.0)
+    m = n[1:] - 1.0
+    s2r = np.log1p(np.expm1(vv) / m)
+    mur = np.log(m) + 0.5 * vv - 0.5 * s2r
+    sw = np.sqrt(vv + s2r)
+    w = np.clip(mur[:, None] + sw[:, None] * _Z[None, :], -700.0, 700.0)
+    q = 1.0 / (1.0 + np.exp(w))
+    q2 = q * q
+    s = np.concatenate(([1.0], n[1:] * (q2 @ _ZW)))
+    c = np.concatenate(([1.0], n[1:] * ((q2 * q) @ _ZW)))
+    return s, c
+
+
+class _Geom:
+    """Position-pair constants of one sequence length (memoised)."""
+
+    _memo: dict = {}
+
+    def __new__(cls, L: int):
+        g = cls._memo.get(L)
+        if g is None:
+            g = super().__new__(cls)
+            n = np.arange(1, L + 1, dtype=float)
+            g.n = n
+            g.inv = 1.0 / n
+            mn = np.minimum.outer(n, n)
+            mx = np.maximum.outer(n, n)
+            g.one_m = 1.0 - 1.0 / mn                       # 1 - 1/min(i, k)
+            g.inv_ik = np.outer(g.inv, g.inv)              # 1/(i k)
+            g.over_max = g.one_m / mx                      # (1 - 1/min)/max
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g.eps_base = np.where(mx > 1, g.one_m / (mx - 1.0), 0.0)  # (1-1/min)/(max-1)
+            g.off = ~np.eye(L, dtype=bool)
+            g.maxidx = np.maximum.outer(np.arange(L), np.arange(L))
+            g.pair_inv = np.concatenate(([0.0], 1.0 / (n[1:] * (n[1:] - 1.0))))
+            cls._memo[L] = g
+        return g
+
+
+def _prefix2(a: np.ndarray) -> np.ndarray:
+    """P_ik = sum_{j <= i, l <= k} a_jl."""
+    return np.cumsum(np.cumsum(a, axis=0), axis=1)
+
+
+def _suffix(a: np.ndarray) -> np.ndarray:
+    """s_j = sum_{i >= j} a_i."""
+    return np.cumsum(a[::-1])[::-1]
+
+
+def _suffix2(a: np.ndarray) -> np.ndarray:
+    """R_jl = sum_{i >= j, k >= l} a_ik."""
+    return np.cumsum(np.cumsum(a[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
+
+
+def _diag_suffix2(a: np.ndarray) -> np.ndarray:
+    """R_jj = sum_{i >= j, k >= j} a_ik for a symmetric ``a``."""
+    return _suffix(np.diagonal(a) + 2.0 * np.triu(a, 1).sum(axis=1))
+
+
+def _fold(x: Signal) -> tuple[float, float]:
+    m2 = x.var + x.mean ** 2
+    if m2 <= 0.0:
+        return 0.0, 0.0
+    return m2, clip_corr((x.corr * x.var + x.mean ** 2) / m2)
+
+
+class _Win:
+    """Per-window forward statistics of a causal head's input: correlation matrix C, mean variance
+    s2, window correlations r_n (mean off-diagonal correlation of keys 1..n), logit variances."""
+
+    def __init__(self, head, K: np.ndarray) -> None:
+        L = len(K)
+        sd = np.sqrt(np.maximum(np.diag(K), 1e-300))
+        self.C = np.clip(K / np.outer(sd, sd), -1.0, 1.0)
+        self.s2 = float(np.mean(np.diag(K)))
+        n = np.arange(1, L + 1, dtype=float)
+        P = np.cumsum(np.diagonal(self.C) + 2.0 * np.tril(self.C, -1).sum(axis=1))
+        r = np.empty(L)
+        r[1:] = (P[1:] - n[1:]) / (n[1:] * (n[1:] - 1.0))
+        r[0] = r[1] if L > 1 else 0.0
+        self.r = np.clip(r, -1.0, 1.0)
+        d = head.d_model
+        self.ss = d * d * head.q_var * head.k_var * self.s2 * self.s2
+        self.v = (1.0 - self.r) * self.ss
+        self.S, self.Cm = window_masses_var(self.v)
+        self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
+
+
+def _exchangeable_cov(x: Signal, L: int) -> np.ndarray:
+    s2, r = _fold(x)
+    K = np.full((L, L), r * s2)
+    K[np.diag_indices(L)] = s2
+    return K
+
+
+def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndarray:
+    """L x L token covariance of a causal `AttentionBlock` output (after its dropout), given the
+    covariance K of its input (docs/causal_attention.md §3 with window n = i and the window's own
+    correlation; query pairs: shared keys with rho_ik = e^{C_ik v})."""
+    head = comp._head
+    L, d = comp.seq_len, comp.d_model
+    geo = _Geom(L)
+    w = _Win(head, K) if win is None else win
+    s2, r, S = w.s2, w.r, w.S
+    a = 1.0 / (1.0 - head.attn_dropout)
+    t = d * head.q_var * head.k_var * s2 ** 3
+    c2 = (1.0 - r) ** 2 * t
+    n = geo.n
+    var = r * s2 + s2 * S * (a - r) + c2 * (1.0 - 1.0 / n) * (1.0 + 4.0 * a * S)
+    mx = geo.maxidx
+    rho1 = np.expm1(np.minimum(w.C * w.v[mx], 700.0))
+    out = _prefix2(K) * geo.inv_ik
+    out += (rho1 * geo.one_m * (1.0 - r[mx]) * s2 + 2.0 * c2[mx]) * geo.inv[mx]
+    out[np.diag_indices(L)] = np.maximum(var, 0.0)
+    return out * ((d * head.v_var) * (d * comp.o_var))
+
+
+def attention_position_var(comp, x: Signal) -> np.ndarray:
+    """Per-position variance of a causal `AttentionBlock` output for an exchangeable input ``x``;
+    its mean over positions is the pooled block variance."""
+    out = np.diag(attention_forward(comp, _exchangeable_cov(x, comp.seq_len))).copy()
+    return out / (1.0 - comp.dropout)
+
+
+_FFN_GRID = np.linspace(-1.0, 1.0, 41)
+_FFN_MEMO: dict = {}
+
+
+def ffn_forward(comp, K: np.ndarray) -> np.ndarray:
+    """L x L token covariance of an `FFNBlock` output, per position pair from the pair's correlation
+    (the pooled formula tabulated over the correlation and interpolated)."""
+    s2 = float(np.mean(np.diag(K)))
+    key = (comp, round(s2, 12))
+    tab = _FFN_MEMO.get(key)
+    if tab is None:
+        if len(_FFN_MEMO) > 256:
+            _FFN_MEMO.clear()
+        covs = []
+        for c in _FFN_GRID:
+            f = comp.forward(Signal(0.0, s2, float(c)))
+            covs.append(f.cov)
+        tab = (f.var, np.array(covs))
+        _FFN_MEMO[key] = tab
+    var, covs = tab
+    sd = np.sqrt(np.maximum(np.diag(K), 1e-300))
+    C = np.clip(K / np.outer(sd, sd), -1.0, 1.0)
+    out = np.interp(C, _FFN_GRID, covs)
+    out[np.diag_indices(len(K))] = var
+    return out
+
+
+def _attention_backward(comp, x, G: np.ndarray, win: "_Win | None" = None) -> np.ndarray:
+    """Gradient covariance at the input of a causal `AttentionBlock` (all heads), given the one at
+    its output (after the output dropout). ``x``: the input's covariance matrix (or a `Signal`,
+    taken as exchangeable)."""
+    head = comp._head
+    L, d, dk = comp.seq_len, comp.d_model, head.d_head
+    geo = _Geom(L)
+    if win is None:
+        win = _Win(head, _exchangeable_cov(x, L) if isinstance(x, Signal) else x)
+    # output dropout (diagonal only) and the output projection
+    Gh = G.copy()
+    Gh[np.diag_indices(L)] /= (1.0 - comp.dropout)
+    Gh *= d * comp.o_var
+    u = np.diag(Gh).copy()
+    w = Gh.copy()
+    w[np.diag_indices(L)] = 0.0
+
+    ss, r, s, jm = win.ss, win.r, win.S, win.J
+    mx = geo.maxidx
+    rM = r[mx]                                            # window correlation of the later query
+    rho1 = np.expm1(np.minimum(win.C * win.v[mx], 700.0))  # query pair i, k: e^{C_ik v} - 1
+    a = 1.0 / (1.0 - head.attn_dropout)
+    inv = geo.inv
+    base = dk * head.v_var
+
+    # ---- value path
+    wi = w * geo.inv_ik                                   # G_ik / (i k), i != k (zero diagonal)
+    out = _suffix2(wi * (1.0 - rho1 * geo.eps_base))
+    so = _suffix(u * (1.0 - s) * geo.pair_inv)            # i = k, j != l
+    out += so[mx]
+    out *= base
+
+    # same-key extras of query pairs (value path: rho excess; K path: coherent part); only the
+    # diagonal of their 2-D suffix sums is needed
+    y = base * rho1 * (geo.one_m + geo.eps_base)
+    y += (ss * base) * win.C * (1.0 - rM) * geo.one_m * (1.0 + rho1 * geo.one_m)
+
+    # ---- Q path (per query)
+    coh = (1.0 - r) / d
+    cq = ss * (1.0 - r) * base                            # per query
+    one_s = 1.0 - s
+    cqM = ss * base * (1.0 - rM) ** 2
+    out += w * (cqM * geo.over_max + (ss * base / d) * np.outer((1.0 - r) * one_s, (1.0 - r) * one_s))
+
+    # ---- diagonal: value path (same query; replaces the j != l term added above), extras, Q path,
+    # K path (incoherent)
+    diag = (base * (_suffix(a * s * inv * u) - so) + _diag_suffix2(wi * y)
+            + cq * u * ((a - r) * jm + coh * one_s * one_s)
+            + ss * base * _suffix((a - r) * jm * inv * u))
+    out[np.diag_indices(L)] += diag
+    return comp.n_heads * out
+
+
+def _linear_backward(comp, x: Signal, G: np.ndarray, kv: Signal | None = None) -> np.ndarray:
+    """A position-wise block (FFN, cross-attention query path): the pooled backward is linear in
+    (variance, covariance), so it acts on G as one gain on the diagonal and one off it."""
+    if kv is None:
+        gv = comp.backward(x, Grad(1.0, 0.0)).var
+        gc = comp.backward(x, Grad(1.0, 1.0)).cov
+    else:
+        gv = comp.backward(x, Grad(1.0, 0.0), kv=kv).var
+        gc = comp.backward(x, Grad(1.0, 1.0), kv=kv).cov
+    out = G * gc
+    out[np.diag_indices(len(G))] = np.diag(G) * gv
+    return out
+
+
+def pooled(G: np.ndarray) -> Grad:
+    """Pooled moments: variance = mean of the diagonal, corr = mean off-diagonal / variance."""
+    L = len(G)
+    var = float(np.trace(G)) / L
+    if var <= 0.0:
+        return Grad(0.0, 0.0)
+    cov = (float(G.sum()) - L * var) / (L * (L - 1)) if L > 1 else 0.0
+    return Grad(var, clip_corr(cov / var))
+
+
+def exchangeable(g: Grad, L: int) -> np.ndarray:
+    """The L x L covariance of an exchangeable gradient with moments ``g``."""
+    G = np.full((L, L), g.cov)
+    G[np.diag_indices(L)] = g.var
+    return G
+
+
+def _ln_corr(Z: np.ndarray, d: int) -> np.ndarray:
+    """Token covariance after LayerNorm: unit variance, correlation r (1 - (1 - r^2)/(2(d-1)))."""
+    sd = np.sqrt(np.maximum(np.diag(Z), 1e-300))
+    C = np.clip(Z / np.outer(sd, sd), -1.0, 1.0)
+    C = C * (1.0 - (1.0 - C * C) / (2.0 * (d - 1)))
+    C[np.diag_indices(len(Z))] = 1.0
+    return C
+
+
+def forward_positional(config, steps, emb: Signal) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per step: (per-position variance of the stream before the merge, of z = lam x + beta F, and
+    the window statistics `_Win` of a causal attention block's input, None for other blocks)."""
+    L, d = config.seq_len, config.d_model
+    pre = config.norm == "pre"
+    Kx = _exchangeable_cov(emb, L)
+    out = []
+    for st in steps:
+        Kh = _ln_corr(Kx, d) if pre else Kx
+        win = None
+        if st.kv is not None:
+            Kf = _exchangeable_cov(st.f, L)
+        elif getattr(st.comp, "causal", False):
+            win = _Win(st.comp._head, Kh)
+            Kf = attention_forward(st.comp, Kh, win)
+            Kf[np.diag_indices(L)] /= (1.0 - st.comp.dropout)
+        else:
+            Kf = ffn_forward(st.comp, Kh)
+        Z = st.merge.lam ** 2 * Kx + st.merge.beta ** 2 * Kf
+        out.append((np.diag(Kx).copy(), np.diag(Z).copy(), win))
+        Kx = Z if pre else _ln_corr(Z, d)
+    return out
+
+
+def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad | None = None):
+    """Backward pass of one causal stack with position-resolved gradient covariance.
+
+    ``g_top`` is the gradient at the stack's last stream point (Post-LN; after the final LayerNorm
+    for Pre-LN, where it is divided here per position by the stream's per-position variance);
+    ``emb`` the moments of the stack input. Returns (pooled gradient after each step in forward
+    order, pooled gradient at the stack input, pooled key/value gradients of cross-attentions).
+    """
+    L = config.seq_len
+    pre = config.norm == "pre"
+    if not isinstance(emb, Signal):
+        emb = Signal(0.0, float(emb), 0.0)
+    g_top = seed if seed is not None else g_top
+    fwd = forward_positional(config, steps, emb)
+    G = exchangeable(g_top, L)
+    if pre:
+        x_last = fwd[-1][1] if steps else np.full(L, emb.var)
+        sd = 1.0 / np.sqrt(x_last)
+        G = G * np.outer(sd, sd)
+    after: list[Grad] = [Grad(0.0, 0.0)] * len(steps)
+    kv_grads: list[Grad] = []
+    for k in range(len(steps) - 1, -1, -1):
+        st = steps[k]
+        x_var, z_var, win = fwd[k]
+        after[k] = pooled(G)
+        if pre:
+            Gz = G
+        else:
+            sd = 1.0 / np.sqrt(z_var)
+            Gz = G * sd[:, None]
+            Gz *= sd[None, :]
+        if st.kv is not None:
+            gb = _linear_backward(st.comp, st.h, Gz, kv=st.kv)
+            gkv = st.comp.backward_kv(st.h, pooled(Gz), st.kv)
+            kv_grads.append(Grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
+        elif getattr(st.comp, "causal", False):
+            gb = _attention_backward(st.comp, None, Gz, win)
+        else:
+            gb = _linear_backward(st.comp, st.h, Gz)
+        if pre:
+            sd = 1.0 / np.sqrt(x_var)
+            gb *= sd[:, None]
+            gb *= sd[None, :]
+        gb *= st.merge.beta ** 2
+        gb += st.merge.lam ** 2 * Gz
+        G = gb
+    return after, pooled(G), kv_grads
