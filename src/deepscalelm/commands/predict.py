@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", metavar="FILE", help="write the trajectory as CSV ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE.png", help="draw variance, correlation and gradient "
                                                       "variance against depth")
+    p.add_argument("--positional", choices=("auto", "on", "off"), default="auto",
+                   help="causal stacks: position-resolved backward pass (on), pooled (off), or "
+                        "position-resolved when cheap (auto, default)")
     p.add_argument("--every", type=int, default=0, metavar="K",
                    help="table: show every K-th layer only (default: about 30 rows)")
     add_config_arguments(p)
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..theory.model import predict
 
     config = config_from_args(args)
-    traj = predict(config)
+    traj = predict(config, positional={"auto": None, "on": True, "off": False}[args.positional])
     wrote_stdout = False
     for kind in ("json", "csv"):
         target = getattr(args, kind)

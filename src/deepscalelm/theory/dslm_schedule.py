@@ -58,7 +58,7 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
     at each attention block the output variance is quadratic in the common V/O variance s
     (var_F = s^2 * var_F(s=1)), so s = 1/sqrt(var_F(s=1)) given the block's actual input moments.
     """
-    from .model import _make_block, embedding_signal, forward_stack
+    from .model import _make_block, block_forward, embedding_signal, forward_stack
     from .schemes import Scheme
 
     chosen: dict[str, float] = {}
@@ -67,7 +67,7 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
         block = name.rsplit(".", 1)[1]
         unit = _make_block(config, lambda n: 1.0 if n.endswith((".v.weight", ".o.weight"))
                            else weight_var[n], name, block, causal)
-        var1 = (unit.forward(h, kv) if kv is not None else unit.forward(h)).var
+        var1 = block_forward(unit, h, kv).var
         s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / config.d_model
         chosen[name] = s
         return s

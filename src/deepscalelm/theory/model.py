@@ -19,6 +19,7 @@ records of causal stacks stay those of the pooled engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 from ..config import ModelConfig
@@ -80,15 +81,34 @@ def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
     return Dropout(config.emb_p).forward(total)
 
 
+@lru_cache(maxsize=4096)
+def _ffn_block(*args) -> FFNBlock:
+    return FFNBlock(*args)
+
+
+@lru_cache(maxsize=4096)
+def _attention_block(*args, **kwargs) -> AttentionBlock:
+    return AttentionBlock(*args, **kwargs)
+
+
+@lru_cache(maxsize=16384)
+def block_forward(comp: FFNBlock | AttentionBlock, h: Signal, kv: Signal | None = None) -> Signal:
+    """``comp.forward`` memoised: the DSLM schedule and the prediction evaluate the same blocks on
+    the same inputs (blocks and signals are immutable, so the cache is exact)."""
+    return comp.forward(h, kv) if kv is not None else comp.forward(h)
+
+
 def _make_block(config: ModelConfig, wv: Callable[[str], float], name: str, block: str,
                 causal: bool) -> FFNBlock | AttentionBlock:
+    """The block map of one residual block. Blocks are immutable, so identical ones (every FFN of a
+    DSLM model, every block of a baseline) are built once and shared (`functools.lru_cache`)."""
     if block == "ffn":
-        return FFNBlock(config.d_model, config.ffn_dim, wv(f"{name}.fc1.weight"),
-                        wv(f"{name}.fc2.weight"), config.activation, config.dropout)
-    return AttentionBlock(config.d_model, config.n_heads, config.seq_len, wv(f"{name}.q.weight"),
-                          wv(f"{name}.k.weight"), wv(f"{name}.v.weight"), wv(f"{name}.o.weight"),
-                          attn_dropout=config.attn_dropout, dropout=config.dropout,
-                          causal=causal and block == "attn")
+        return _ffn_block(config.d_model, config.ffn_dim, wv(f"{name}.fc1.weight"),
+                          wv(f"{name}.fc2.weight"), config.activation, config.dropout)
+    return _attention_block(config.d_model, config.n_heads, config.seq_len, wv(f"{name}.q.weight"),
+                            wv(f"{name}.k.weight"), wv(f"{name}.v.weight"), wv(f"{name}.o.weight"),
+                            attn_dropout=config.attn_dropout, dropout=config.dropout,
+                            causal=causal and block == "attn")
 
 
 def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
@@ -114,7 +134,7 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                 s = vo_resolver(name, h, kv, causal and block == "attn")
                 lookup = (lambda n, s=s: s if n.endswith((".v.weight", ".o.weight")) else weight_var(n))
             comp = _make_block(config, lookup, name, block, causal)
-            f = comp.forward(h, kv) if kv is not None else comp.forward(h)
+            f = block_forward(comp, h, kv)
             merge = ResidualMerge(*merges(name))
             z = merge.forward(x, f)
             y = z if pre else ln.forward(z)
@@ -160,16 +180,25 @@ def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signa
     return recs
 
 
+# n_layers * seq_len^2 up to which predict() resolves positions in causal stacks by default
+POSITIONAL_BUDGET = 2_500_000
+
+
 def predict(config: ModelConfig, scheme: Scheme | str | None = None,
-            seed: Grad = Grad(1.0, 0.0), *, positional: bool = True) -> Trajectory:
+            seed: Grad = Grad(1.0, 0.0), *, positional: bool | None = None) -> Trajectory:
     """Predicted moments of every sublayer of the model described by ``config``.
 
     ``scheme``: a `Scheme`, a scheme name, or None for ``config.scheme``. ``seed``: the gradient at
     the model's final hidden state (default: unit variance, uncorrelated; the paper's protocol).
     Returns a `Trajectory` with records in forward order (encoder stack first); see
-    `deepscalelm.records` for the fields. ``positional`` (default True): causal stacks carry the
-    gradient's per-position variance and token covariance (`deepscalelm.theory.positional`); False
-    gives the older fully pooled backward pass.
+    `deepscalelm.records` for the fields.
+
+    ``positional``: True makes causal stacks carry the gradient's per-position variance and token
+    covariance through the backward pass (`deepscalelm.theory.positional`; much closer to
+    measurement for causal Post-LN baselines, cost O(n_layers * L^2)); False gives the pooled
+    backward pass (cost O(n_layers)); None (default) chooses positional when
+    n_layers * seq_len^2 <= `POSITIONAL_BUDGET` (about half a second), pooled beyond.
+    ``trajectory.meta["backward"]`` records which one ran.
     """
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
@@ -188,6 +217,8 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
         fwd.append((stack, emb, steps, out, final))
         memory = final
 
+    if positional is None:
+        positional = max(n for _s, n, _c in stacks) * config.seq_len ** 2 <= POSITIONAL_BUDGET
     records: list[Record] = []
     g_top = seed
     per_stack: list[list[Record]] = []
@@ -210,8 +241,9 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
     for recs in reversed(per_stack):
         records += recs
     meta = {"config": config.to_dict(), "scheme": scheme.name, "seed_grad_var": seed.var,
-            "seed_grad_corr": seed.corr, "r0": embedding_corr(config)}
+            "seed_grad_corr": seed.corr, "r0": embedding_corr(config),
+            "backward": "positional" if positional and any(c for _s, _n, c in stacks) else "pooled"}
     return Trajectory(records, "predicted", meta)
 
 
-__all__ = ["predict", "embedding_signal", "forward_stack", "backward_stack"]
+__all__ = ["predict", "POSITIONAL_BUDGET", "embedding_signal", "forward_stack", "backward_stack"]

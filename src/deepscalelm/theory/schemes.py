@@ -203,7 +203,8 @@ def dslm(config: ModelConfig) -> Scheme:
     t = n_embedding_tables(config)
     emb_var = (1.0 - config.emb_p) / t
     wv: dict[str, float] = {}
-    for n, (rows, cols) in weight_shapes(config).items():
+    shapes = weight_shapes(config)
+    for n, (rows, cols) in shapes.items():
         if n == "patch_emb.weight":
             wv[n] = emb_var / cols
         elif "emb" in n or n == "cls_token":
@@ -224,7 +225,7 @@ def dslm(config: ModelConfig) -> Scheme:
         b2 = dslm_beta2(config, _stack_of(m))
         merges[m] = (math.sqrt(1.0 - b2), math.sqrt(b2))
     vo = attention_vo_variances(config, wv, merges)
-    for n in weight_shapes(config):
+    for n in shapes:
         if n.endswith((".v.weight", ".o.weight")):
             wv[n] = vo[n.rsplit(".", 2)[0]]
     tied = config.tie_embeddings and config.arch != "vit"
