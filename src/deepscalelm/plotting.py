@@ -48,10 +48,20 @@ def plot_trajectories(trajs: Sequence[Trajectory], path: str | Path, labels: Seq
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` through a temporary sibling and a rename (no partial
+    PNG is ever left), then close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     tmp.replace(path)
     return path

@@ -180,10 +180,6 @@ class CheckReport:
         if title:
             fig.suptitle(title, fontsize=11)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(path)
-        return path
+        from ..plotting import save_figure
+
+        return save_figure(fig, path, dpi=100)
