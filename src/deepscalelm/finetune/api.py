@@ -281,7 +281,7 @@ def encode_task(task: TaskData, max_len: int, causal: bool) -> dict[str, dict[st
     return {s: encode_split(task.splits[s], task, max_len, pad_to_max=not causal) for s in ("train", "dev", "test")}
 
 
-def finetune(checkpoint: str | Path | torch.nn.Module, task: str | TaskData, out: str | Path | None = None,
+def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | None = None,
              cfg: FinetuneConfig | None = None, *, data_dir: str | Path = "/work/shared/data",
              subset: dict[str, int | None] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune `checkpoint` (path to a pretrained checkpoint or run directory) on `task` (a name of
@@ -296,10 +296,9 @@ def finetune(checkpoint: str | Path | torch.nn.Module, task: str | TaskData, out
         out = Path(out).expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise DSLMError(f"output directory {out} exists and is not empty: choose another --out")
-    if isinstance(checkpoint, (str, Path)):
-        backbone, mcfg, pre_state, pre_ckpt = load_backbone(checkpoint, cfg.device)
-    else:
+    if not isinstance(checkpoint, (str, Path)):
         raise ValueError("checkpoint must be a path to a pretrained checkpoint or run directory")
+    backbone, mcfg, pre_state, pre_ckpt = load_backbone(checkpoint, cfg.device)
     if cfg.max_len > mcfg.seq_len:
         raise DSLMError(f"max_len {cfg.max_len} exceeds the checkpoint's seq_len {mcfg.seq_len} "
                         "(its position table): use --max-len <= seq_len")
