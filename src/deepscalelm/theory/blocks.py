@@ -26,6 +26,7 @@ class FFNBlock:
     activation: str = "relu"
     dropout: float = 0.0
     _parts: tuple = field(init=False, repr=False, compare=False)
+    _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "gelu"):
@@ -37,9 +38,15 @@ class FFNBlock:
         object.__setattr__(self, "_parts", parts)
 
     def _inputs(self, x: Signal) -> list[Signal]:
-        ins = [x]
-        for part in self._parts[:-1]:
-            ins.append(part.forward(ins[-1]))
+        """Moments at the input of each part (memoised per input: forward and backward share them)."""
+        ins = self._memo.get(x)
+        if ins is None:
+            ins = [x]
+            for part in self._parts[:-1]:
+                ins.append(part.forward(ins[-1]))
+            if len(self._memo) > 256:
+                self._memo.clear()
+            self._memo[x] = ins
         return ins
 
     def forward(self, x: Signal) -> Signal:
@@ -76,6 +83,7 @@ class AttentionBlock:
     _head: object = field(init=False, repr=False, compare=False)
     _proj: Linear = field(init=False, repr=False, compare=False)
     _drop: Dropout = field(init=False, repr=False, compare=False)
+    _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -90,8 +98,15 @@ class AttentionBlock:
         object.__setattr__(self, "_drop", Dropout(self.dropout))
 
     def head_output(self, x: Signal, kv: Signal | None = None) -> Signal:
-        """Moments of one head's output (before the output projection)."""
-        return self._head.forward(x) if kv is None else self._head.forward(x, kv=kv)
+        """Moments of one head's output (before the output projection); memoised per input."""
+        key = (x, kv)
+        out = self._memo.get(key)
+        if out is None:
+            out = self._head.forward(x) if kv is None else self._head.forward(x, kv=kv)
+            if len(self._memo) > 256:
+                self._memo.clear()
+            self._memo[key] = out
+        return out
 
     def forward(self, x: Signal, kv: Signal | None = None) -> Signal:
         return self._drop.forward(self._proj.forward(self.head_output(x, kv)))
