@@ -91,6 +91,15 @@ def _attention_block(*args, **kwargs) -> AttentionBlock:
     return AttentionBlock(*args, **kwargs)
 
 
+def post_ln_forward(ln: LayerNorm, z: Signal, share: float) -> Signal:
+    """LayerNorm of a merge whose input has a fluctuating norm only in a ``share`` of its variance."""
+    full = ln.forward(z)
+    if share >= 1.0:
+        return full
+    r = z.corr
+    return Signal(full.mean, full.var, r + share * (full.corr - r))
+
+
 @lru_cache(maxsize=16384)
 def block_forward(comp: FFNBlock | AttentionBlock, h: Signal, kv: Signal | None = None) -> Signal:
     """``comp.forward`` memoised: the DSLM schedule and the prediction evaluate the same blocks on
@@ -124,6 +133,7 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     ln = LayerNorm(config.d_model)
     pre = config.norm == "pre"
     steps: list[_Step] = []
+    normalised = False  # Post-LN: is the stream already a LayerNorm output?
     for i in range(n_layers):
         for block in layer_blocks(config, stack):
             name = f"{stack}layers.{i}.{block}"
@@ -137,7 +147,16 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
             f = block_forward(comp, h, kv)
             merge = ResidualMerge(*merges(name))
             z = merge.forward(x, f)
-            y = z if pre else ln.forward(z)
+            if pre:
+                y = z
+            else:
+                # LayerNorm lowers the token correlation through the random per-token norms of its
+                # input (LayerNorm.forward). A Post-LN stream is already normalised: only the share
+                # of variance the merge adds (beta^2 var_F) has a fluctuating norm, so only that
+                # share of the correction applies; otherwise it would compound over every merge.
+                share = merge.beta ** 2 * f.var / z.var if (normalised and z.var > 0) else 1.0
+                y = post_ln_forward(ln, z, share)
+                normalised = True
             steps.append(_Step(name, i + 1, block, comp, merge, x, h, f, z, y, kv))
             x = y
     return steps, x
