@@ -70,13 +70,52 @@ def s2(sfx, out):
     out["s2"] = {"rows": rows, "pooled": pooled}
 
 
+def repredict(sfx, out):
+    """Re-run `predict` (theory only, milliseconds) for the study-2 Post-LN configurations with the
+    current code, to see whether later theory commits change the study-2 predictions."""
+    import math
+    import subprocess
+
+    import deepscalelm
+    from deepscalelm import ModelConfig
+
+    d = load("s2_depth" + sfx)
+    if not d:
+        return
+    a = d["args"]
+    rows = []
+    print("\nrepredicted Post-LN gradient profiles with the current theory code:")
+    for r in d["runs"]:
+        if r["norm"] != "post":
+            continue
+        cfg = ModelConfig(arch="decoder", n_layers=r["N"], d_model=a["d_model"], n_heads=max(1, a["d_model"] // 16),
+                          seq_len=a["seq"], norm="post", scheme=r["scheme"], dropout=0.1, attn_dropout=0.1,
+                          same_token_prob=d["same_token_prob"])
+        g = np.array([x.grad_var for x in deepscalelm.predict(cfg) if x.block == "ffn"])
+        old = np.array(r["curves"]["pred_grad_var"])
+        row = {"N": r["N"], "scheme": r["scheme"], "now_first_over_last": float(g[0] / g[-1]),
+               "now_factor_per_layer": math.exp(np.polyfit(np.arange(len(g)), np.log(g), 1)[0]),
+               "now_max_over_min": float(g.max() / g.min()),
+               "at_run_first_over_last": float(old[0] / old[-1]),
+               "measured_first_over_last": r["stats"]["gvar_first_over_last"]}
+        rows.append(row)
+        print(f"  N={r['N']} post {r['scheme']}: first/last now {row['now_first_over_last']:.3g} "
+              f"(at run time {row['at_run_first_over_last']:.3g}, measured {row['measured_first_over_last']:.3g}), "
+              f"factor/layer now {row['now_factor_per_layer']:.4f}, max/min now {row['now_max_over_min']:.3g}")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    out["s2_repredicted_post_ln"] = {"git_head": head, "rows": rows}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repredict", action="store_true", help="also re-run predict() for the study-2 Post-LN runs")
     a = ap.parse_args(argv)
     sfx = "_quick" if a.quick else ""
     out = {}
     s2(sfx, out)
+    if a.repredict:
+        repredict(sfx, out)
     (RESULTS / f"derived{sfx}.json").write_text(json.dumps(out, indent=1))
 
 
