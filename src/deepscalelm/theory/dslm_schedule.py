@@ -51,12 +51,15 @@ def paper_schedule(config: ModelConfig, r0: float) -> dict[str, float]:
 
 
 def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
-                   merges: dict[str, tuple[float, float]]) -> dict[str, float]:
+                   merges: dict[str, tuple[float, float]], forward_out: dict | None = None
+                   ) -> dict[str, float]:
     """sigma_V^2 (= sigma_O^2) per attention block so that its output variance is exactly 1.
 
     Runs the forward propagation of `deepscalelm.theory.model` with every other weight already set;
     at each attention block the output variance is quadratic in the common V/O variance s
     (var_F = s^2 * var_F(s=1)), so s = 1/sqrt(var_F(s=1)) given the block's actual input moments.
+    ``forward_out``, when given, receives {stack: (embedding signal, steps, stack output)}: the
+    forward pass of the finished model, which `predict` can reuse instead of recomputing it.
     """
     from .model import _make_block, block_forward, embedding_signal, forward_stack
     from .schemes import Scheme
@@ -76,8 +79,10 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
     memory = None
     for stack, _n, _c in config.stacks():
         emb = embedding_signal(config, probe, stack)
-        _, out = forward_stack(config, weight_var.__getitem__, merges.__getitem__, stack, emb,
-                               memory, vo_resolver=resolve)
+        steps, out = forward_stack(config, weight_var.__getitem__, merges.__getitem__, stack, emb,
+                                   memory, vo_resolver=resolve)
+        if forward_out is not None:
+            forward_out[stack] = (emb, steps, out)
         if config.norm == "pre":
             from .components import LayerNorm
 
@@ -87,7 +92,8 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
 
 
 def attention_vo_variances(config: ModelConfig, weight_var: dict[str, float] | None = None,
-                           merges: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
+                           merges: dict[str, tuple[float, float]] | None = None,
+                           forward_out: dict | None = None) -> dict[str, float]:
     """Per attention block name (``{stack}layers.{i}.attn`` / ``.cross``): the V (= O) variance.
 
     Uses ``config.corr_schedule``: "paper" (spec §6.3 recursion) or "exact" (needs the other
@@ -100,4 +106,4 @@ def attention_vo_variances(config: ModelConfig, weight_var: dict[str, float] | N
         return paper_schedule(config, r0)
     if weight_var is None or merges is None:
         raise ValueError("the exact schedule needs the other weights' variances and the merges")
-    return exact_schedule(config, weight_var, merges)
+    return exact_schedule(config, weight_var, merges, forward_out)

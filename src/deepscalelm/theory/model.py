@@ -229,9 +229,14 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
     stacks = config.stacks()
     fwd = []
     memory = None
+    cached = getattr(scheme, "_forward", None)
+    cached = cached[1] if cached is not None and cached[0] == config else None
     for stack, _n, _c in stacks:
-        emb = embedding_signal(config, scheme, stack)
-        steps, out = forward_stack(config, wv, mg, stack, emb, memory)
+        if cached is not None:  # DSLM's exact schedule ran this forward pass already
+            emb, steps, out = cached[stack]
+        else:
+            emb = embedding_signal(config, scheme, stack)
+            steps, out = forward_stack(config, wv, mg, stack, emb, memory)
         final = ln.forward(out) if pre else out
         fwd.append((stack, emb, steps, out, final))
         memory = final

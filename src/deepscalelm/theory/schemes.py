@@ -224,13 +224,19 @@ def dslm(config: ModelConfig) -> Scheme:
     for m in merge_names(config):
         b2 = dslm_beta2(config, _stack_of(m))
         merges[m] = (math.sqrt(1.0 - b2), math.sqrt(b2))
-    vo = attention_vo_variances(config, wv, merges)
+    forward: dict = {}
+    vo = attention_vo_variances(config, wv, merges, forward)
     for n in shapes:
         if n.endswith((".v.weight", ".o.weight")):
             wv[n] = vo[n.rsplit(".", 2)[0]]
     tied = config.tie_embeddings and config.arch != "vit"
     scales = {"head_scale": 1.0 / math.sqrt(d * emb_var) if tied else 1.0}
-    return Scheme("dslm", wv, merges, scales)
+    scheme = Scheme("dslm", wv, merges, scales)
+    if forward:
+        # the exact schedule already ran the model's forward pass with these very weights:
+        # `predict` reuses it (private, not part of the Scheme's contents)
+        object.__setattr__(scheme, "_forward", (config, forward))
+    return scheme
 
 
 SCHEME_FUNCTIONS: dict[str, Callable[[ModelConfig], Scheme]] = {
