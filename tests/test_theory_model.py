@@ -169,3 +169,14 @@ def test_theory_import_is_torch_free():
             "predict(ModelConfig(n_layers=4)); import deepscalelm.theory.components; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder-decoder"])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_reused_dslm_forward_pass_gives_identical_records(arch, norm):
+    cfg = ModelConfig(arch=arch, n_layers=8, norm=norm, **SMALL)
+    scheme = get_scheme(cfg)
+    assert getattr(scheme, "_forward", None) is not None
+    fresh = get_scheme(cfg)
+    object.__delattr__(fresh, "_forward")  # force predict to run its own forward pass
+    assert predict(cfg).to_records() == predict(cfg, fresh).to_records()
