@@ -19,7 +19,6 @@ are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

@@ -154,7 +154,6 @@ def plot(log, runs, depths):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    N = max(depths)
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
     for j, (norm, scheme) in enumerate(RUNS):
         for r in runs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,29 +10,15 @@ import torch
 from deepscalelm import ModelConfig
 from deepscalelm.errors import DSLMError
 from deepscalelm.train import checkpoint as ck
-from deepscalelm.train.config import TrainConfig
 from deepscalelm.train.loop import train
+from train_helpers import tiny_train_config  # tests/ is on sys.path
 
 torch.set_num_threads(1)
 
 TINY = ModelConfig(n_layers=2, d_model=16, n_heads=2, seq_len=16, vocab_size=256)
 
 
-def small_text(tmp_path: Path, n: int = 30_000) -> str:
-    from deepscalelm.data.text import builtin_source
-
-    with builtin_source().open() as fh:
-        data = fh.read(n)
-    f = tmp_path / "corpus.txt"
-    f.write_bytes(data)
-    return str(f)
-
-
-def tiny_train(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(data=small_text(tmp_path), batch_size=4, max_steps=6, warmup_steps=2, eval_interval=3,
-                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7, threads=1)
-    base.update(kw)
-    return TrainConfig(**base)
+tiny_train = tiny_train_config
 
 
 def test_checkpoint_files_are_safetensors_and_json_only(tmp_path):

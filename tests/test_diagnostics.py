@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deepscalelm import DSLMError, ModelConfig, build_model
-from deepscalelm.diagnostics import (GRAD_RATIO, RANK_COLLAPSE_CORR, SATURATION_LOGIT_VAR, check, logit_stats,
+from deepscalelm.diagnostics import (GRAD_RATIO, RANK_COLLAPSE_CORR, SATURATION_LOGIT_VAR, check,
                                      stream_moments)
 from deepscalelm.diagnostics.verdicts import linear_fit
 from deepscalelm.measure import measure, moments

@@ -15,6 +15,7 @@ from deepscalelm.train.config import TrainConfig, parse_set, preset, read_config
 from deepscalelm.train.guard import NonFiniteError
 from deepscalelm.train.loop import train
 from deepscalelm.train.optim import lr_at, param_groups
+from train_helpers import small_text, tiny_train_config  # tests/ is on sys.path
 
 torch.set_num_threads(1)
 
@@ -22,21 +23,7 @@ TINY = ModelConfig(n_layers=2, d_model=16, n_heads=2, seq_len=16, vocab_size=256
 QUIET = dict(progress=False, log=lambda *_: None)
 
 
-def small_text(tmp_path: Path, n: int = 30_000) -> str:
-    from deepscalelm.data.text import builtin_source
-
-    with builtin_source().open() as fh:
-        data = fh.read(n)
-    f = tmp_path / "corpus.txt"
-    f.write_bytes(data)
-    return str(f)
-
-
-def cfg(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(data=small_text(tmp_path), batch_size=4, max_steps=6, warmup_steps=2, eval_interval=3,
-                eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7, threads=1)
-    base.update(kw)
-    return TrainConfig(**base)
+cfg = tiny_train_config
 
 
 def losses(run: Path) -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..errors import DSLMError
 from ._config_args import add_config_arguments, config_from_args

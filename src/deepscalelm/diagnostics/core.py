@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .recorder import Recorder, first_tensor
+from .recorder import Recorder
 from .report import CheckReport
 from .targets import AttentionSpec, StreamPoint, resolve_targets
 from .verdicts import judge

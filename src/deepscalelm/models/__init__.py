@@ -8,7 +8,6 @@ initialised exactly once. See docs/models.md for the structure contract.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..config import ModelConfig
 from ..theory.schemes import Scheme

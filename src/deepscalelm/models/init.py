@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..theory.naming import weight_shapes
 from ..theory.schemes import Scheme, get_scheme
 
 

@@ -595,7 +595,6 @@ class Attention:
             var = ((a - rk) * tab.sum_j
                    + rx * rg * (1.0 - rk) * (self._pk + rho1 * self._pkk)) / L
             return scale * var, 0.0
-        s = self._sq_mass(v) if self.exact else _exp(v) / L
         f = 1.0 - 1.0 / L
         lq = self.q_len if kv is not None else L
         rho = 1.0 + rho1 * f
