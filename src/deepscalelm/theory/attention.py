@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 
-from .moments import Grad, Signal, clip_corr
+from .moments import Grad, Signal, _grad, _signal, clip_corr
 
 __all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass"]
 
@@ -429,11 +429,21 @@ class Attention:
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Signal, kv: Signal | None = None) -> Signal:
         """Pooled moments of the head output (mean 0)."""
+        var, cov = self._forward_unscaled(x, kv)
+        dv = self.d_model * self.v_var
+        return self._signal(dv * var, dv * cov)
+
+    def _forward_unscaled(self, x: Signal, kv: Signal | None = None) -> tuple[float, float]:
+        """(variance, covariance) of the head output divided by d_model * v_var.
+
+        Nothing here depends on ``v_var``: heads that differ only in their value variance (DSLM's
+        unit and final V/O blocks of one layer) share this, and `forward` scales it exactly as a
+        direct computation would (same floating-point operations, so identical results).
+        """
         if kv is not None and self.causal:
             raise ValueError("causal must be False for cross-attention (kv given)")
         s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
         d, L = self.d_model, self.seq_len
-        dv = d * self.v_var
         a = 1.0 / (1.0 - self.attn_dropout)
         # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (spec's d q k sigma^6 for self-attention)
         t = d * self.q_var * self.k_var * s2x * s2k * s2k
@@ -451,7 +461,7 @@ class Attention:
                 ev = _exp(v)
                 var = ((L - 1) * c2 + ev * a * (4 * c2 + (1 - rk) * s2k)) / L + rk * s2k
                 cov = rk * s2k + (2 * c2 + (1 - rk) * s2k) / L
-            return self._signal(dv * var, dv * cov)
+            return var, cov
         diag = 4.0 if kv is None else 0.0           # query-side coupling exists only for self-attention
         if self.causal:
             tab = self._table(v)
@@ -477,17 +487,17 @@ class Attention:
                 # two queries with correlation r_x have correlated attention patterns:
                 # L E[A_ij A_kj] = exp(r_x v)
                 cov = rk * s2k + (1 - rk) * s2k * _exp(rx * v) / L
-        return self._signal(dv * var, dv * cov)
+        return var, cov
 
     @staticmethod
     def _signal(var: float, cov: float) -> Signal:
         var = max(var, 0.0)
-        return Signal(0.0, var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _signal(0.0, var, clip_corr(cov / var) if var > 0 else 0.0)
 
     @staticmethod
     def _grad(var: float, cov: float) -> Grad:
         var = max(var, 0.0)
-        return Grad(var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _grad(var, clip_corr(cov / var) if var > 0 else 0.0)
 
     # ----------------------------------------------------------------------------- backward
     def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
@@ -496,14 +506,17 @@ class Attention:
             if self.causal:
                 raise ValueError("causal must be False for cross-attention (kv given)")
             if not self.qk_grad:
-                return Grad(0.0, 0.0)
+                return _grad(0.0, 0.0)
             qv, qc = self._q_path(x, g, kv)
             return self._grad(qv, qc)
-        vv, vc = self._value_path(x, g, None)
+        # the three paths share the input moments and (causal) the window sums: computed once
+        m = self._moments(x, None)
+        tab = self._table(m[5]) if self.causal and (self.exact or self.qk_grad) else None
+        vv, vc = self._value_path(x, g, None, m, tab)
         if not self.qk_grad:
             return self._grad(vv, vc)
-        qv, qc = self._q_path(x, g, None)
-        kv_, kc = self._k_path(x, g, None)
+        qv, qc = self._q_path(x, g, None, m, tab)
+        kv_, kc = self._k_path(x, g, None, m, tab)
         return self._grad(vv + qv + kv_, vc + qc + kc)
 
     def backward_kv(self, x: Signal, g: Grad, kv: Signal) -> Grad:
@@ -518,8 +531,9 @@ class Attention:
         kv_, kc = self._k_path(x, g, kv)
         return self._grad(vv + kv_, vc + kc)
 
-    def _value_path(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[float, float]:
-        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+    def _value_path(self, x: Signal, g: Grad, kv: Signal | None, m: tuple | None = None,
+                   tab: object = None) -> tuple[float, float]:
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
         scale = self.d_head * self.v_var * g.var
         a = 1.0 / (1.0 - self.attn_dropout)
@@ -541,7 +555,7 @@ class Attention:
         # what j = l gains.
         rho1 = _exp(rx * v) - 1.0
         if self.causal:
-            tab = self._table(v)
+            tab = self._table(v) if tab is None else tab
             diag = self._sum_t2 - self._harm + rho1 * self._pk
             var = (a * tab.sum_s + rg * diag) / L
             cov = ((L - tab.sum_s) + rg * (L * (L - 1) - diag)) / (L * (L - 1)) \
@@ -556,9 +570,10 @@ class Attention:
         cov = lq * (1.0 - s) / (L * (L - 1)) + rg * pairs * (L - rho) / (L - 1)
         return scale * var, scale * cov
 
-    def _q_path(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[float, float]:
+    def _q_path(self, x: Signal, g: Grad, kv: Signal | None, m: tuple | None = None,
+               tab: object = None) -> tuple[float, float]:
         """Gradient at the query input through the softmax and W_Q (first order)."""
-        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
         d = self.d_model
         a = 1.0 / (1.0 - self.attn_dropout)
@@ -570,7 +585,7 @@ class Attention:
         # over the n keys: (sigma_s^2/d) (1-r)^2 (1-S_n)^2 relative to the value-path scale.
         coh = (1.0 - rk) / d
         if self.causal:
-            tab = self._table(v)
+            tab = self._table(v) if tab is None else tab
             var = (a - rk) * tab.sum_j / L
             var += coh * (L - 2 * tab.sum_s + tab.sum_s2) / L
             cov = (1.0 - rk) * g.corr * self._pk / (L * (L - 1)) if L > 1 else 0.0
@@ -582,16 +597,17 @@ class Attention:
             cov = (1.0 - rk) * g.corr * f / L + g.corr * coh * (1.0 - s) ** 2
         return scale * var, scale * cov
 
-    def _k_path(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[float, float]:
+    def _k_path(self, x: Signal, g: Grad, kv: Signal | None, m: tuple | None = None,
+               tab: object = None) -> tuple[float, float]:
         """Gradient at the key input through the softmax and W_K (first order)."""
-        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
         scale = ss * self.d_head * self.v_var * g.var
         rg = g.corr
         rho1 = _exp(rx * v) - 1.0 if self.exact else 0.0     # see _value_path
         if self.causal:
-            tab = self._table(v)
+            tab = self._table(v) if tab is None else tab
             var = ((a - rk) * tab.sum_j
                    + rx * rg * (1.0 - rk) * (self._pk + rho1 * self._pkk)) / L
             return scale * var, 0.0

@@ -9,10 +9,11 @@ those components carries over.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from .components import Attention, Dropout, GeLU, Linear, ReLU
-from .moments import Grad, Signal, clip_corr
+from .moments import Grad, Signal, _grad, _signal, clip_corr
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,33 @@ class FFNBlock:
         return self._parts[-1].forward(self._inputs(x)[-1])
 
     def backward(self, x: Signal, g: Grad) -> Grad:
-        ins = self._inputs(x)
-        for part, inp in zip(reversed(self._parts), reversed(ins)):
+        return self._backward_trace(x, self._inputs(x), g)
+
+    def _trace(self, x: Signal, kv: None = None) -> tuple[Signal, list[Signal]]:
+        """(output, inputs of every part) without touching the memo.
+
+        The whole-model engine keeps the trace with its step and hands it back to
+        `_backward_trace`: at 1000 layers one shared block sees 1000 inputs, more than the memo
+        holds, so the backward pass would otherwise recompute every forward.
+        """
+        ins = [x]
+        parts = self._parts
+        for part in parts[:-1]:
+            ins.append(part.forward(ins[-1]))
+        return parts[-1].forward(ins[-1]), ins
+
+    def _backward_trace(self, x: Signal, trace: list[Signal] | None, g: Grad, kv: None = None
+                        ) -> Grad:
+        """`backward` given the `_trace` of the input ``x`` (None: the memoised inputs)."""
+        if trace is None:
+            trace = self._inputs(x)
+        for part, inp in zip(reversed(self._parts), reversed(trace)):
             g = part.backward(inp, g)
         return g
+
+
+# head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output
+_HEAD_MEMO: dict = {}
 
 
 @dataclass(frozen=True)
@@ -84,6 +108,7 @@ class AttentionBlock:
     _proj: Linear = field(init=False, repr=False, compare=False)
     _drop: Dropout = field(init=False, repr=False, compare=False)
     _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+    _head_key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -94,37 +119,79 @@ class AttentionBlock:
                          self.q_var, self.k_var, self.v_var, attn_dropout=self.attn_dropout,
                          causal=self.causal, q_len=self.seq_len)
         object.__setattr__(self, "_head", head)
+        # what the head's v_var-free moments depend on (see head_output)
+        object.__setattr__(self, "_head_key", (self.d_model, self.n_heads, head.seq_len, head.q_len,
+                                               head.q_var, head.k_var, head.attn_dropout, head.causal,
+                                               head.exact))
         object.__setattr__(self, "_proj", Linear(self.d_model, self.d_model, self.o_var))
         object.__setattr__(self, "_drop", Dropout(self.dropout))
 
     def head_output(self, x: Signal, kv: Signal | None = None) -> Signal:
-        """Moments of one head's output (before the output projection); memoised per input."""
-        key = (x, kv)
-        out = self._memo.get(key)
-        if out is None:
-            out = self._head.forward(x) if kv is None else self._head.forward(x, kv=kv)
-            if len(self._memo) > 256:
-                self._memo.clear()
-            self._memo[key] = out
-        return out
+        """Moments of one head's output (before the output projection); memoised per input.
+
+        The memo holds the head's moments divided by d_model * v_var (`Attention._forward_unscaled`),
+        shared by all blocks that differ only in their V/O variances: DSLM's schedule evaluates a
+        unit-V/O block and then the final block of each layer on the same input, so the second is
+        a scaling (the same operations as a direct computation, hence identical numbers).
+        """
+        key = (self._head_key, x, kv)
+        raw = _HEAD_MEMO.get(key)
+        if raw is None:
+            raw = self._head._forward_unscaled(x, kv)
+            if len(_HEAD_MEMO) > 8192:
+                _HEAD_MEMO.clear()
+            _HEAD_MEMO[key] = raw
+        var, cov = raw
+        dv = self.d_model * self._head.v_var
+        return self._head._signal(dv * var, dv * cov)
 
     def forward(self, x: Signal, kv: Signal | None = None) -> Signal:
         return self._drop.forward(self._proj.forward(self.head_output(x, kv)))
 
-    def _grad_heads(self, x: Signal, g: Grad, kv: Signal | None) -> tuple[Signal, Grad]:
+    def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple[Signal, Signal]]:
+        """(output, (head output, projection output)): kept by the engine for `_backward_trace`."""
         h = self.head_output(x, kv)
         o = self._proj.forward(h)
-        return h, self._proj.backward(h, self._drop.backward(o, g))
+        return self._drop.forward(o), (h, o)
+
+    def _grad_heads(self, x: Signal, g: Grad, kv: Signal | None, trace=None) -> Grad:
+        h, o = self._trace(x, kv)[1] if trace is None else trace
+        return self._proj.backward(h, self._drop.backward(o, g))
 
     def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
-        _, gh = self._grad_heads(x, g, kv)
-        one = self._head.backward(x, gh) if kv is None else self._head.backward(x, gh, kv=kv)
-        return Grad(self.n_heads * one.var, one.corr)
+        return self._backward_trace(x, None, g, kv)
 
-    def backward_kv(self, x: Signal, g: Grad, kv: Signal) -> Grad:
-        _, gh = self._grad_heads(x, g, kv)
+    def _backward_trace(self, x: Signal, trace, g: Grad, kv: Signal | None = None) -> Grad:
+        """`backward` given the `_trace` of the input (None: recompute it)."""
+        gh = self._grad_heads(x, g, kv, trace)
+        one = self._head.backward(x, gh) if kv is None else self._head.backward(x, gh, kv=kv)
+        return _grad(self.n_heads * one.var, one.corr)
+
+    def backward_kv(self, x: Signal, g: Grad, kv: Signal, trace=None) -> Grad:
+        gh = self._grad_heads(x, g, kv, trace)
         one = self._head.backward_kv(x, gh, kv)
-        return Grad(self.n_heads * one.var, one.corr)
+        return _grad(self.n_heads * one.var, one.corr)
+
+    def _with_vo(self, v_var: float, o_var: float) -> "AttentionBlock":
+        """This block with other V and O variances, without re-validating the unchanged fields.
+
+        DSLM builds one block per attention layer (its V/O variances are layer-dependent); cloning
+        the instance dict skips the dataclass init and the head's argument checks (~10 us each).
+        """
+        if not (v_var >= 0.0 and o_var >= 0.0 and math.isfinite(v_var + o_var)):
+            return replace(self, v_var=v_var, o_var=o_var)   # the public path reports the error
+        head = object.__new__(type(self._head))
+        head.__dict__.update(self._head.__dict__)
+        head.v_var = float(v_var)
+        blk = object.__new__(AttentionBlock)
+        d = blk.__dict__
+        d.update(self.__dict__)
+        d["v_var"] = v_var
+        d["o_var"] = o_var
+        d["_head"] = head
+        d["_proj"] = Linear(self.d_model, self.d_model, o_var)
+        d["_memo"] = {}
+        return blk
 
 
 @dataclass(frozen=True)
@@ -143,14 +210,14 @@ class ResidualMerge:
         var = l2 * x.var + b2 * f.var
         cov = l2 * x.cov + b2 * f.cov
         mean = self.lam * x.mean + self.beta * f.mean
-        return Signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
 
     def backward(self, g_skip: Grad, g_branch: Grad) -> Grad:
         """Combine the gradient through the skip (at y) and through the branch (already at x)."""
         l2, b2 = self.lam ** 2, self.beta ** 2
         var = l2 * g_skip.var + b2 * g_branch.var
         cov = l2 * g_skip.cov + b2 * g_branch.cov
-        return Grad(var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _grad(var, clip_corr(cov / var) if var > 0 else 0.0)
 
 
 def sum_signals(parts: list[Signal]) -> Signal:

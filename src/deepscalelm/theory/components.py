@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .moments import Grad, Signal, clip_corr
+from .moments import Grad, Signal, _grad, _signal, clip_corr
 
 _TWO_PI = 2.0 * math.pi
 
@@ -57,10 +57,10 @@ class Linear:
         m2 = x.second_moment
         var = self.d_in * self.weight_var * m2
         corr = (x.cov + x.mean ** 2) / m2 if m2 > 0 else 0.0
-        return Signal(0.0, var, clip_corr(corr))
+        return _signal(0.0, var, clip_corr(corr))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
-        return Grad(self.d_out * self.weight_var * g.var, g.corr)
+        return _grad(self.d_out * self.weight_var * g.var, g.corr)
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,11 @@ class Dropout:
 
     def forward(self, x: Signal) -> Signal:
         var = (x.var + self.p * x.mean ** 2) / (1.0 - self.p)
-        return Signal(x.mean, var, clip_corr(x.cov / var) if var > 0 else 0.0)
+        return _signal(x.mean, var, clip_corr(x.cov / var) if var > 0 else 0.0)
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         var = g.var / (1.0 - self.p)
-        return Grad(var, clip_corr(g.cov / var) if var > 0 else 0.0)
+        return _grad(var, clip_corr(g.cov / var) if var > 0 else 0.0)
 
 
 def relu_cov_factor(r: float) -> float:
@@ -106,14 +106,14 @@ class ReLU:
         mean = math.sqrt(s2 / _TWO_PI)
         var = s2 * (math.pi - 1.0) / _TWO_PI
         cov = s2 * relu_cov_factor(x.corr) - mean ** 2
-        return Signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         _zero_mean("ReLU", x)
         r = clip_corr(x.corr)
         var = g.var / 2.0
         cov = (0.25 + math.asin(r) / _TWO_PI) * g.cov
-        return Grad(var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _grad(var, clip_corr(cov / var) if var > 0 else 0.0)
 
 
 def gelu_moments(s2: float) -> tuple[float, float]:
@@ -135,14 +135,14 @@ class GeLU:
         _zero_mean("GeLU", x)
         s2, r = x.var, clip_corr(x.corr)
         if s2 == 0:
-            return Signal(0.0, 0.0, 0.0)
+            return _signal(0.0, 0.0, 0.0)
         mean, var = gelu_moments(s2)
         a = s2 / (1.0 + s2)
         rs = r * s2
         cov = (s2 / 4.0) * (r + (2.0 / math.pi) * r * math.asin(r * a)
                             + (2.0 / math.pi) * s2 * (s2 * (1.0 - r * r) + (1.0 + r * r))
                             / ((s2 + 1.0) * math.sqrt((s2 + 1.0) ** 2 - rs ** 2))) - mean ** 2
-        return Signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         _zero_mean("GeLU", x)
@@ -151,11 +151,11 @@ class GeLU:
         gain = 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / (1.0 + 2.0 * s2) ** 1.5) / _TWO_PI
         var = g.var * gain
         if var == 0:
-            return Grad(0.0, 0.0)
+            return _grad(0.0, 0.0)
         rs, ra = r * s2, r * a
         cov_gain = 0.5 + (-math.acos(ra) + ra * ((s2 + 1.0) * (2.0 * s2 + 3.0) - 2.0 * rs ** 2)
                           / ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5) / _TWO_PI
-        return Grad(var, clip_corr(g.cov * cov_gain / var))
+        return _grad(var, clip_corr(g.cov * cov_gain / var))
 
 
 @dataclass(frozen=True)
@@ -184,12 +184,12 @@ class LayerNorm:
 
     def forward(self, x: Signal) -> Signal:
         r = clip_corr(x.corr)
-        return Signal(0.0, 1.0, clip_corr(r * (1.0 - (1.0 - r * r) / (2.0 * (self.d - 1)))))
+        return _signal(0.0, 1.0, clip_corr(r * (1.0 - (1.0 - r * r) / (2.0 * (self.d - 1)))))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         if x.var <= 0:
             raise ValueError("LayerNorm.backward needs an input with var > 0")
-        return Grad(g.var / x.var, g.corr)
+        return _grad(g.var / x.var, g.corr)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ..config import ModelConfig
 from ..records import Record, Trajectory
 from .blocks import AttentionBlock, FFNBlock, ResidualMerge, sum_grads, sum_signals
 from .components import Dropout, Embedding, LayerNorm, Linear
-from .moments import Grad, Signal
+from .moments import Grad, Signal, _grad, _signal
 from .naming import layer_blocks
 from .positional import causal_backward
 from .schemes import Scheme, embedding_corr, get_scheme
@@ -37,7 +37,7 @@ _RECORD_BLOCK = {"attn": "attn", "cross": "cross_attn", "ffn": "ffn"}
 VOResolver = Callable[[str, Signal, "Signal | None", float], float]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Step:
     """Forward state of one residual merge."""
 
@@ -52,6 +52,7 @@ class _Step:
     z: Signal          # lam*x + beta*F (before the Post-LN LayerNorm)
     y: Signal          # stream after the merge
     kv: Signal | None  # key/value stream of a cross-attention
+    trace: object = None  # the block's forward intermediates (`_trace`), reused by the backward pass
 
 
 def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
@@ -97,7 +98,7 @@ def post_ln_forward(ln: LayerNorm, z: Signal, share: float) -> Signal:
     if share >= 1.0:
         return full
     r = z.corr
-    return Signal(full.mean, full.var, r + share * (full.corr - r))
+    return _signal(full.mean, full.var, r + share * (full.corr - r))
 
 
 @lru_cache(maxsize=16384)
@@ -130,22 +131,31 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     attention block from the moments of its actual input (DSLM's exact schedule).
     """
     n_layers, causal = {s: (n, c) for s, n, c in config.stacks()}[stack]
-    ln = LayerNorm(config.d_model)
+    ln_forward = LayerNorm(config.d_model).forward
     pre = config.norm == "pre"
+    blocks = layer_blocks(config, stack)
     steps: list[_Step] = []
+    merge_of: dict[tuple[float, float], ResidualMerge] = {}  # merges are shared (immutable)
+    if vo_resolver is not None:
+        def unit_vo(n: str) -> float:
+            return 1.0 if n.endswith((".v.weight", ".o.weight")) else weight_var(n)
     normalised = False  # Post-LN: is the stream already a LayerNorm output?
     for i in range(n_layers):
-        for block in layer_blocks(config, stack):
+        for block in blocks:
             name = f"{stack}layers.{i}.{block}"
-            h = ln.forward(x) if pre else x
+            h = ln_forward(x) if pre else x
             kv = memory if block == "cross" else None
-            lookup = weight_var
             if vo_resolver is not None and block != "ffn":
                 s = vo_resolver(name, h, kv, causal and block == "attn")
-                lookup = (lambda n, s=s: s if n.endswith((".v.weight", ".o.weight")) else weight_var(n))
-            comp = _make_block(config, lookup, name, block, causal)
-            f = block_forward(comp, h, kv)
-            merge = ResidualMerge(*merges(name))
+                # the block with V = O = s: the unit-V/O block with those two variances replaced
+                comp = _make_block(config, unit_vo, name, block, causal)._with_vo(s, s)
+            else:
+                comp = _make_block(config, weight_var, name, block, causal)
+            f, trace = comp._trace(h, kv)
+            lam_beta = merges(name)
+            merge = merge_of.get(lam_beta)
+            if merge is None:
+                merge = merge_of[lam_beta] = ResidualMerge(*lam_beta)
             z = merge.forward(x, f)
             if pre:
                 y = z
@@ -155,9 +165,11 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                 # of variance the merge adds (beta^2 var_F) has a fluctuating norm, so only that
                 # share of the correction applies; otherwise it would compound over every merge.
                 share = merge.beta ** 2 * f.var / z.var if (normalised and z.var > 0) else 1.0
-                y = post_ln_forward(ln, z, share)
+                full = ln_forward(z)
+                y = full if share >= 1.0 else _signal(full.mean, full.var,
+                                                       z.corr + share * (full.corr - z.corr))
                 normalised = True
-            steps.append(_Step(name, i + 1, block, comp, merge, x, h, f, z, y, kv))
+            steps.append(_Step(name, i + 1, block, comp, merge, x, h, f, z, y, kv, trace))
             x = y
     return steps, x
 
@@ -179,11 +191,11 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
         after[k] = g
         g_z = g if pre else ln.backward(st.z, g)
         if st.kv is not None:
-            gb = st.comp.backward(st.h, g_z, kv=st.kv)
-            gkv = st.comp.backward_kv(st.h, g_z, st.kv)
-            kv_grads.append(Grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
+            gb = st.comp._backward_trace(st.h, st.trace, g_z, st.kv)
+            gkv = st.comp.backward_kv(st.h, g_z, st.kv, st.trace)
+            kv_grads.append(_grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
         else:
-            gb = st.comp.backward(st.h, g_z)
+            gb = st.comp._backward_trace(st.h, st.trace, g_z)
         if pre:
             gb = ln.backward(st.x, gb)
         g = st.merge.backward(g_z, gb)

@@ -71,6 +71,36 @@ class Grad:
         return self.corr * self.var
 
 
+# Private unchecked constructors for the engine's hot paths (~10^5 records per deep prediction).
+# The dataclass __init__ sets each field through object.__setattr__ (the class is frozen) and then
+# validates; these write the instance dict directly and keep only the value check, falling back to
+# the public constructor (which raises the usual ValueError) when a value is out of range or NaN.
+# Callers pass floats computed by the engine, so the type checks of the public path are not needed.
+_new = object.__new__
+_isfinite = math.isfinite
+
+
+def _signal(mean: float, var: float, corr: float) -> "Signal":
+    if var >= 0.0 and -1.0 <= corr <= 1.0 and _isfinite(mean + var):
+        s = _new(Signal)
+        d = s.__dict__
+        d["mean"] = mean
+        d["var"] = var
+        d["corr"] = corr
+        return s
+    return Signal(mean, var, corr)
+
+
+def _grad(var: float, corr: float) -> "Grad":
+    if var >= 0.0 and -1.0 <= corr <= 1.0 and _isfinite(var):
+        g = _new(Grad)
+        d = g.__dict__
+        d["var"] = var
+        d["corr"] = corr
+        return g
+    return Grad(var, corr)
+
+
 def clip_corr(value: float) -> float:
     """Clamp a correlation computed in floating point into [-1, 1]."""
     if value > 1.0:
