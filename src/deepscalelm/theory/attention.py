@@ -57,6 +57,7 @@ _NODES = [(-_Z_MAX + k * _Z_STEP) for k in range(int(round(2 * _Z_MAX / _Z_STEP)
 _WEIGHTS = [math.exp(-0.5 * z * z) for z in _NODES]
 _WSUM = sum(_WEIGHTS)
 _WEIGHTS = [w / _WSUM for w in _WEIGHTS]
+_NODE_WEIGHTS = tuple(zip(_NODES, _WEIGHTS))
 
 # windows up to this size get their own quadrature; beyond it S_n and C_n are computed at doubling
 # window sizes and interpolated in between as n S_n = alpha + beta/n, n^2 C_n = gamma + delta/n
@@ -138,10 +139,17 @@ def softmax_masses(n: int, v: float) -> tuple[float, float]:
     mur = math.log(n - 1) + 0.5 * v - 0.5 * s2r
     sw = math.sqrt(v + s2r)
     acc2 = acc3 = 0.0
-    for z, w in zip(_NODES, _WEIGHTS):
-        q2 = _logistic_sq(mur + sw * z)
+    exp, sqrt = math.exp, math.sqrt
+    for z, w in _NODE_WEIGHTS:
+        # _logistic_sq inlined (the same operations): this loop fills the interpolation grid
+        u = mur + sw * z
+        if u > 0:
+            e = exp(-u)
+            q2 = (e / (1.0 + e)) ** 2
+        else:
+            q2 = 1.0 / (1.0 + exp(u)) ** 2
         acc2 += w * q2
-        acc3 += w * q2 * math.sqrt(q2)
+        acc3 += w * q2 * sqrt(q2)
     return n * acc2, n * acc3
 
 
@@ -276,13 +284,28 @@ def _grid(kind: str, n: int, k: int):
     return hit
 
 
+_WINDOW_MEMO: dict[tuple[int, float], object] = {}
+
+
 def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
-    """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v."""
+    """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v.
+
+    Memoised per (n_max, v): a head's forward and backward pass ask for the same v.
+    """
+    key = (n_max, v)
+    hit = _WINDOW_MEMO.get(key)
+    if hit is not None:
+        return hit
     if v <= 0.0 or v >= _V_GRID_MAX:
-        return _SqMassTable(n_max, v)
-    k = int(v / _V_STEP)
-    t = v / _V_STEP - k
-    return _MassSums(_grid("win", n_max, k), _grid("win", n_max, k + 1), t)
+        hit = _SqMassTable(n_max, v)
+    else:
+        k = int(v / _V_STEP)
+        t = v / _V_STEP - k
+        hit = _MassSums(_grid("win", n_max, k), _grid("win", n_max, k + 1), t)
+    if len(_WINDOW_MEMO) > 4096:
+        _WINDOW_MEMO.clear()
+    _WINDOW_MEMO[key] = hit
+    return hit
 
 
 def _full_masses(n: int, v: float) -> tuple[float, float]:

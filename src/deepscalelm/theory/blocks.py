@@ -141,6 +141,11 @@ class AttentionBlock:
             if len(_HEAD_MEMO) > 8192:
                 _HEAD_MEMO.clear()
             _HEAD_MEMO[key] = raw
+        return self._scale_head(raw)
+
+    def _scale_head(self, raw: tuple[float, float]) -> Signal:
+        """One head's output moments from `Attention._forward_unscaled` (what `Attention.forward`
+        does with it)."""
         var, cov = raw
         dv = self.d_model * self._head.v_var
         return self._head._signal(dv * var, dv * cov)
@@ -150,7 +155,13 @@ class AttentionBlock:
 
     def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple[Signal, Signal]]:
         """(output, (head output, projection output)): kept by the engine for `_backward_trace`."""
-        h = self.head_output(x, kv)
+        return self._trace_raw(None, self.head_output(x, kv))
+
+    def _trace_raw(self, raw: tuple[float, float] | None, h: Signal | None = None
+                   ) -> tuple[Signal, tuple[Signal, Signal]]:
+        """`_trace` from the head's unscaled moments ``raw`` (or its output ``h``)."""
+        if h is None:
+            h = self._scale_head(raw)
         o = self._proj.forward(h)
         return self._drop.forward(o), (h, o)
 
@@ -208,7 +219,7 @@ class ResidualMerge:
     def forward(self, x: Signal, f: Signal) -> Signal:
         l2, b2 = self.lam ** 2, self.beta ** 2
         var = l2 * x.var + b2 * f.var
-        cov = l2 * x.cov + b2 * f.cov
+        cov = l2 * (x.corr * x.var) + b2 * (f.corr * f.var)   # the .cov properties, written out
         mean = self.lam * x.mean + self.beta * f.mean
         return _signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
 
@@ -216,7 +227,7 @@ class ResidualMerge:
         """Combine the gradient through the skip (at y) and through the branch (already at x)."""
         l2, b2 = self.lam ** 2, self.beta ** 2
         var = l2 * g_skip.var + b2 * g_branch.var
-        cov = l2 * g_skip.cov + b2 * g_branch.cov
+        cov = l2 * (g_skip.corr * g_skip.var) + b2 * (g_branch.corr * g_branch.var)
         return _grad(var, clip_corr(cov / var) if var > 0 else 0.0)
 
 

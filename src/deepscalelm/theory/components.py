@@ -54,9 +54,11 @@ class Linear:
         _nonneg("weight_var", self.weight_var)
 
     def forward(self, x: Signal) -> Signal:
-        m2 = x.second_moment
+        # x.second_moment and x.cov written out (hot path; the same operations)
+        mean2 = x.mean ** 2
+        m2 = x.var + mean2
         var = self.d_in * self.weight_var * m2
-        corr = (x.cov + x.mean ** 2) / m2 if m2 > 0 else 0.0
+        corr = (x.corr * x.var + mean2) / m2 if m2 > 0 else 0.0
         return _signal(0.0, var, clip_corr(corr))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
@@ -79,11 +81,11 @@ class Dropout:
 
     def forward(self, x: Signal) -> Signal:
         var = (x.var + self.p * x.mean ** 2) / (1.0 - self.p)
-        return _signal(x.mean, var, clip_corr(x.cov / var) if var > 0 else 0.0)
+        return _signal(x.mean, var, clip_corr(x.corr * x.var / var) if var > 0 else 0.0)
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         var = g.var / (1.0 - self.p)
-        return _grad(var, clip_corr(g.cov / var) if var > 0 else 0.0)
+        return _grad(var, clip_corr(g.corr * g.var / var) if var > 0 else 0.0)
 
 
 def relu_cov_factor(r: float) -> float:

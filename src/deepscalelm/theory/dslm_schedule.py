@@ -15,6 +15,7 @@ Two schedules (``ModelConfig`` has no switch: the choice is the `schedule` argum
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 from ..config import ModelConfig
 from .naming import layer_blocks
@@ -61,25 +62,12 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
     ``forward_out``, when given, receives {stack: (embedding signal, steps, stack output)}: the
     forward pass of the finished model, which `predict` can reuse instead of recomputing it.
     """
-    from .model import _make_block, embedding_signal, forward_stack
-    from .schemes import Scheme
+    from .model import _UnitVOSchedule, embedding_signal, forward_stack
 
-    chosen: dict[str, float] = {}
-
-    def unit_vo(n: str) -> float:
-        return 1.0 if n.endswith((".v.weight", ".o.weight")) else weight_var[n]
-
-    def resolve(name: str, h, kv, causal: bool) -> float:
-        block = name.rsplit(".", 1)[1]
-        unit = _make_block(config, unit_vo, name, block, causal)
-        # the head moments computed here are memoised without their V scale (AttentionBlock.
-        # head_output), so the final block of this layer only rescales them
-        var1 = unit.forward(h, kv).var
-        s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / config.d_model
-        chosen[name] = s
-        return s
-
-    probe = Scheme("dslm", weight_var, merges)
+    resolve = _UnitVOSchedule(config, weight_var.__getitem__)
+    chosen = resolve.chosen
+    # embedding_signal reads only the weight variances: no need to copy and validate them all
+    probe = SimpleNamespace(weight_var=weight_var)
     memory = None
     for stack, _n, _c in config.stacks():
         emb = embedding_signal(config, probe, stack)

@@ -37,6 +37,37 @@ _RECORD_BLOCK = {"attn": "attn", "cross": "cross_attn", "ffn": "ffn"}
 VOResolver = Callable[[str, Signal, "Signal | None", float], float]
 
 
+class _UnitVOSchedule:
+    """DSLM's exact V/O schedule as a `forward_stack` resolver, run inline by `forward_stack`.
+
+    At each attention block, V = O = s with s = 1/sqrt(var_F(s=1)) (dslm_schedule.exact_schedule).
+    `forward_stack` recognises this resolver and evaluates the attention head once: its moments
+    divided by d_model * v_var (`Attention._forward_unscaled`) do not depend on V, so the unit block
+    and the final block only scale them (the same operations as evaluating each block directly).
+    Calling the object is the general resolver protocol, for other callers.
+    """
+
+    def __init__(self, config: ModelConfig, weight_var: Callable[[str], float]) -> None:
+        self.config = config
+        self.weight_var = weight_var
+        self.chosen: dict[str, float] = {}
+
+    def unit_block(self, name: str, block: str, causal: bool) -> AttentionBlock:
+        c, wv = self.config, self.weight_var
+        return _attention_block(c.d_model, c.n_heads, c.seq_len, wv(name + ".q.weight"),
+                                wv(name + ".k.weight"), 1.0, 1.0, c.attn_dropout, c.dropout,
+                                causal and block == "attn")
+
+    def choose(self, name: str, var1: float) -> float:
+        s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / self.config.d_model
+        self.chosen[name] = s
+        return s
+
+    def __call__(self, name: str, h: Signal, kv: Signal | None, causal: bool) -> float:
+        unit = self.unit_block(name, name.rsplit(".", 1)[1], causal)
+        return self.choose(name, unit.forward(h, kv).var)
+
+
 @dataclass(slots=True)
 class _Step:
     """Forward state of one residual merge."""
@@ -88,8 +119,12 @@ def _ffn_block(*args) -> FFNBlock:
 
 
 @lru_cache(maxsize=4096)
-def _attention_block(*args, **kwargs) -> AttentionBlock:
-    return AttentionBlock(*args, **kwargs)
+def _attention_block(d_model: int, n_heads: int, seq_len: int, q_var: float, k_var: float,
+                     v_var: float, o_var: float, attn_dropout: float, dropout: float,
+                     causal: bool) -> AttentionBlock:
+    # positional arguments only: a cheaper cache key than keywords
+    return AttentionBlock(d_model, n_heads, seq_len, q_var, k_var, v_var, o_var,
+                          attn_dropout=attn_dropout, dropout=dropout, causal=causal)
 
 
 def post_ln_forward(ln: LayerNorm, z: Signal, share: float) -> Signal:
@@ -113,12 +148,11 @@ def _make_block(config: ModelConfig, wv: Callable[[str], float], name: str, bloc
     """The block map of one residual block. Blocks are immutable, so identical ones (every FFN of a
     DSLM model, every block of a baseline) are built once and shared (`functools.lru_cache`)."""
     if block == "ffn":
-        return _ffn_block(config.d_model, config.ffn_dim, wv(f"{name}.fc1.weight"),
-                          wv(f"{name}.fc2.weight"), config.activation, config.dropout)
-    return _attention_block(config.d_model, config.n_heads, config.seq_len, wv(f"{name}.q.weight"),
-                            wv(f"{name}.k.weight"), wv(f"{name}.v.weight"), wv(f"{name}.o.weight"),
-                            attn_dropout=config.attn_dropout, dropout=config.dropout,
-                            causal=causal and block == "attn")
+        return _ffn_block(config.d_model, config.ffn_dim, wv(name + ".fc1.weight"),
+                          wv(name + ".fc2.weight"), config.activation, config.dropout)
+    return _attention_block(config.d_model, config.n_heads, config.seq_len, wv(name + ".q.weight"),
+                            wv(name + ".k.weight"), wv(name + ".v.weight"), wv(name + ".o.weight"),
+                            config.attn_dropout, config.dropout, causal and block == "attn")
 
 
 def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
@@ -136,22 +170,31 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     blocks = layer_blocks(config, stack)
     steps: list[_Step] = []
     merge_of: dict[tuple[float, float], ResidualMerge] = {}  # merges are shared (immutable)
-    if vo_resolver is not None:
-        def unit_vo(n: str) -> float:
-            return 1.0 if n.endswith((".v.weight", ".o.weight")) else weight_var(n)
+    d, n_heads, seq_len, p, attn_p = (config.d_model, config.n_heads, config.seq_len,
+                                      config.dropout, config.attn_dropout)
+    inline_vo = isinstance(vo_resolver, _UnitVOSchedule)
     normalised = False  # Post-LN: is the stream already a LayerNorm output?
     for i in range(n_layers):
         for block in blocks:
             name = f"{stack}layers.{i}.{block}"
             h = ln_forward(x) if pre else x
             kv = memory if block == "cross" else None
-            if vo_resolver is not None and block != "ffn":
+            if inline_vo and block != "ffn":
+                unit = vo_resolver.unit_block(name, block, causal)
+                raw = unit._head._forward_unscaled(h, kv)
+                s = vo_resolver.choose(name, unit._trace_raw(raw)[0].var)
+                comp = unit._with_vo(s, s)
+                f, trace = comp._trace_raw(raw)
+            elif vo_resolver is not None and block != "ffn":
                 s = vo_resolver(name, h, kv, causal and block == "attn")
                 # the block with V = O = s: the unit-V/O block with those two variances replaced
-                comp = _make_block(config, unit_vo, name, block, causal)._with_vo(s, s)
+                comp = _attention_block(d, n_heads, seq_len, weight_var(name + ".q.weight"),
+                                        weight_var(name + ".k.weight"), 1.0, 1.0, attn_p, p,
+                                        causal and block == "attn")._with_vo(s, s)
+                f, trace = comp._trace(h, kv)
             else:
                 comp = _make_block(config, weight_var, name, block, causal)
-            f, trace = comp._trace(h, kv)
+                f, trace = comp._trace(h, kv)
             lam_beta = merges(name)
             merge = merge_of.get(lam_beta)
             if merge is None:
@@ -205,9 +248,15 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
 def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signal,
              g_emb: Grad) -> list[Record]:
     recs = [Record(stack_label, 0, "embedding", emb.mean, emb.var, emb.corr, g_emb.var, g_emb.corr)]
+    new, append = object.__new__, recs.append
     for st, g in zip(steps, grads):
-        recs.append(Record(stack_label, st.layer, _RECORD_BLOCK[st.block], st.y.mean, st.y.var,
-                           st.y.corr, g.var, g.corr, st.f.var, st.f.corr))
+        # Record(...) without the frozen dataclass's per-field object.__setattr__ (same fields)
+        y, f = st.y, st.f
+        r = new(Record)
+        r.__dict__.update(stack=stack_label, layer=st.layer, block=_RECORD_BLOCK[st.block],
+                          mean=y.mean, var=y.var, corr=y.corr, grad_var=g.var, grad_corr=g.corr,
+                          block_var=f.var, block_corr=f.corr)
+        append(r)
     return recs
 
 

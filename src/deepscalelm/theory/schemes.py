@@ -221,9 +221,13 @@ def dslm(config: ModelConfig) -> Scheme:
         else:  # heads read a unit-variance stream
             wv[n] = 1.0 / cols
     merges = {}
+    per_stack = {}  # (lam, beta) of each stack, computed once (not once per merge)
     for m in merge_names(config):
-        b2 = dslm_beta2(config, _stack_of(m))
-        merges[m] = (math.sqrt(1.0 - b2), math.sqrt(b2))
+        stack = _stack_of(m)
+        if stack not in per_stack:
+            b2 = dslm_beta2(config, stack)
+            per_stack[stack] = (math.sqrt(1.0 - b2), math.sqrt(b2))
+        merges[m] = per_stack[stack]
     forward: dict = {}
     vo = attention_vo_variances(config, wv, merges, forward)
     for n in shapes:
