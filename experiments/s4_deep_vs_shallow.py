@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lrs", nargs="*", default=["dslm=1e-2", "gpt2=3e-3"], help="per-scheme peak lr, scheme=lr")
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--ptb", action="store_true", help="Penn Treebank words instead of Shakespeare bytes")
+    ap.add_argument("--tag", default="", help="suffix of the log name, e.g. _post")
     a = ap.parse_args(argv)
     lrs = {k: float(v) for k, v in (x.split("=") for x in a.lrs)}
     steps = a.steps or (150 if a.quick else 2000)
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     setup()
     from deepscalelm import ModelConfig
 
-    name = "s4_deep_vs_shallow" + ("_ptb" if a.ptb else "")
+    name = "s4_deep_vs_shallow" + ("_ptb" if a.ptb else "") + a.tag
     log = Log(name, a.quick, dict(vars(a), steps=steps, batch=batch, seq=seq, norms=norms))
     if a.ptb:
         tr, va, vocab = ptb_words()

@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--schemes", nargs="*", default=None,
+                    help="subset of norm/scheme pairs, e.g. pre/dslm post/deepnet (default: all six)")
+    ap.add_argument("--tag", default="", help="suffix of the log name, e.g. _N192")
     a = ap.parse_args(argv)
     depths = a.depths or ([48] if a.quick else [48, 192])
     steps = a.steps or (100 if a.quick else 300)
@@ -64,14 +67,15 @@ def main(argv=None) -> int:
     setup()
     from deepscalelm import ModelConfig
 
-    log = Log("s5_stability", a.quick, dict(vars(a), depths=depths, steps=steps))
+    schemes = [tuple(x.split("/")) for x in a.schemes] if a.schemes else SCHEMES
+    log = Log("s5_stability" + a.tag, a.quick, dict(vars(a), depths=depths, steps=steps))
     tr, va = shakespeare_bytes()
     p_same = same_token_prob(tr, 256)
     uni = unigram_ce(tr, va)
     log["unigram_val_ce"] = uni
     runs, best = [], {}
     for N in depths:
-        for norm, scheme in SCHEMES:
+        for norm, scheme in schemes:
             key = f"{norm}/{scheme}/N{N}"
             best[key] = None
             for lr in a.lrs:
@@ -95,12 +99,12 @@ def main(argv=None) -> int:
                 log["runs"] = runs
                 log["largest_lr_that_learns"] = best
                 log.save()
-    plot(log, runs, depths, a.lrs)
+    plot(log, runs, depths, a.lrs, schemes)
     log.save()
     return 0
 
 
-def plot(log, runs, depths, lrs):
+def plot(log, runs, depths, lrs, schemes=SCHEMES):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -108,7 +112,7 @@ def plot(log, runs, depths, lrs):
     fig, axes = plt.subplots(1, len(depths), figsize=(6 * len(depths), 4.2), squeeze=False)
     for j, N in enumerate(depths):
         ax = axes[0, j]
-        for norm, scheme in SCHEMES:
+        for norm, scheme in schemes:
             rs = [r for r in runs if r["N"] == N and r["norm"] == norm and r["scheme"] == scheme]
             ax.plot([r["lr"] for r in rs], [r["val_loss"] if np.isfinite(r["val_loss"]) else np.nan for r in rs], "o-",
                     label=f"{norm}-LN {scheme}")

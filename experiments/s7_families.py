@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--schemes", nargs="*", default=["dslm"], help="initialisation schemes, e.g. dslm gpt2")
     ap.add_argument("--tag", default="", help="suffix of the log name, e.g. _500steps")
     a = ap.parse_args(argv)
     shapes = a.shapes or (["2x64", "8x32"] if a.quick else ["2x64", "8x32", "32x16"])
@@ -81,12 +82,12 @@ def main(argv=None) -> int:
     tr, va = shakespeare_bytes()
     runs = []
     for fam in a.families:
-        for shape in shapes:
+        for shape, scheme in [(sh, sc) for sh in shapes for sc in a.schemes]:
             N, d = map(int, shape.split("x"))
             for seed in seeds:
                 rng = np.random.default_rng(seed)
                 vrng = np.random.default_rng(999)
-                common = dict(n_layers=N, d_model=d, n_heads=max(1, d // 16), norm="pre", scheme="dslm",
+                common = dict(n_layers=N, d_model=d, n_heads=max(1, d // 16), norm="pre", scheme=scheme,
                               dropout=0.0, attn_dropout=0.0)
                 if fam == "mlm":
                     cfg = ModelConfig(arch="encoder", seq_len=64, vocab_size=257, **common)
@@ -139,11 +140,11 @@ def main(argv=None) -> int:
                 curve, secs = fit(model, bf, lf, steps, a.lr, max(5, steps // 10))
                 model.eval()
                 metrics = ev(model)
-                row = {"family": fam, "shape": shape, "seed": seed, "n_params": sum(p.numel() for p in model.parameters()),
+                row = {"family": fam, "shape": shape, "scheme": scheme, "seed": seed, "n_params": sum(p.numel() for p in model.parameters()),
                        "n_params_layers": nemb, "loss_curve": curve, "train_last10": float(np.mean(curve[-10:])),
                        "train_seconds": secs, "finite": bool(np.all(np.isfinite(curve))), **metrics}
                 runs.append(row)
-                print(f"{fam} {shape} seed {seed}: {metrics} train(last10) {row['train_last10']:.3f} "
+                print(f"{fam} {shape} {scheme} seed {seed}: {metrics} train(last10) {row['train_last10']:.3f} "
                       f"layer params {nemb} ({secs:.0f}s)", flush=True)
                 log["runs"] = runs
                 log.save()
