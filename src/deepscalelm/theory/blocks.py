@@ -200,9 +200,25 @@ class AttentionBlock:
         d["v_var"] = v_var
         d["o_var"] = o_var
         d["_head"] = head
-        d["_proj"] = Linear(self.d_model, self.d_model, o_var)
+        proj = object.__new__(Linear)   # Linear(d_model, d_model, o_var); o_var checked above
+        proj.__dict__.update(d_in=self.d_model, d_out=self.d_model, weight_var=o_var)
+        d["_proj"] = proj
         d["_memo"] = {}
         return blk
+
+    def _unit_output_var(self, raw: tuple[float, float]) -> float:
+        """``_trace_raw(raw)[0].var`` without building the intermediate records.
+
+        The head output, its projection and the dropout all have mean 0 here, so the variance
+        chain is that of `Attention.forward`, `Linear.forward` and `Dropout.forward` with mean
+        0.0 (written with the same operations, hence the same number; DSLM's schedule calls this
+        once per attention layer).
+        """
+        mean = 0.0
+        var_h = max(self.d_model * self._head.v_var * raw[0], 0.0)
+        var_o = self._proj.d_in * self._proj.weight_var * (var_h + mean ** 2)
+        p = self._drop.p
+        return (var_o + p * mean ** 2) / (1.0 - p)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,8 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     d, n_heads, seq_len, p, attn_p = (config.d_model, config.n_heads, config.seq_len,
                                       config.dropout, config.attn_dropout)
     inline_vo = isinstance(vo_resolver, _UnitVOSchedule)
+    d_ff, act = config.ffn_dim, config.activation
+    ffn_of: dict[tuple[float, float], FFNBlock] = {}
     normalised = False  # Post-LN: is the stream already a LayerNorm output?
     for i in range(n_layers):
         for block in blocks:
@@ -182,7 +184,7 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
             if inline_vo and block != "ffn":
                 unit = vo_resolver.unit_block(name, block, causal)
                 raw = unit._head._forward_unscaled(h, kv)
-                s = vo_resolver.choose(name, unit._trace_raw(raw)[0].var)
+                s = vo_resolver.choose(name, unit._unit_output_var(raw))
                 comp = unit._with_vo(s, s)
                 f, trace = comp._trace_raw(raw)
             elif vo_resolver is not None and block != "ffn":
@@ -192,6 +194,13 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                                         weight_var(name + ".k.weight"), 1.0, 1.0, attn_p, p,
                                         causal and block == "attn")._with_vo(s, s)
                 f, trace = comp._trace(h, kv)
+            elif block == "ffn":
+                # the FFN map depends on the name only through its two weight variances
+                w12 = (weight_var(name + ".fc1.weight"), weight_var(name + ".fc2.weight"))
+                comp = ffn_of.get(w12)
+                if comp is None:
+                    comp = ffn_of[w12] = _ffn_block(d, d_ff, w12[0], w12[1], act, p)
+                f, trace = comp._trace(h)
             else:
                 comp = _make_block(config, weight_var, name, block, causal)
                 f, trace = comp._trace(h, kv)
@@ -225,22 +234,23 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
     after each step (in forward order), the gradient at the stack input (the embedding output), and
     the key/value gradients of the cross-attentions (to be summed into the encoder output).
     """
-    ln = LayerNorm(config.d_model)
+    ln_backward = LayerNorm(config.d_model).backward
     pre = config.norm == "pre"
     after: list[Grad] = [g] * len(steps)
     kv_grads: list[Grad] = []
     for k in range(len(steps) - 1, -1, -1):
         st = steps[k]
         after[k] = g
-        g_z = g if pre else ln.backward(st.z, g)
+        g_z = g if pre else ln_backward(st.z, g)
+        comp = st.comp
         if st.kv is not None:
-            gb = st.comp._backward_trace(st.h, st.trace, g_z, st.kv)
-            gkv = st.comp.backward_kv(st.h, g_z, st.kv, st.trace)
+            gb = comp._backward_trace(st.h, st.trace, g_z, st.kv)
+            gkv = comp.backward_kv(st.h, g_z, st.kv, st.trace)
             kv_grads.append(_grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
         else:
-            gb = st.comp._backward_trace(st.h, st.trace, g_z)
+            gb = comp._backward_trace(st.h, st.trace, g_z)
         if pre:
-            gb = ln.backward(st.x, gb)
+            gb = ln_backward(st.x, gb)
         g = st.merge.backward(g_z, gb)
     return after, g, kv_grads
 

@@ -77,11 +77,12 @@ class Grad:
 # the public constructor (which raises the usual ValueError) when a value is out of range or NaN.
 # Callers pass floats computed by the engine, so the type checks of the public path are not needed.
 _new = object.__new__
-_isfinite = math.isfinite
+_INF = math.inf
 
 
 def _signal(mean: float, var: float, corr: float) -> "Signal":
-    if var >= 0.0 and -1.0 <= corr <= 1.0 and _isfinite(mean + var):
+    # the chained comparison is false for NaN and +-inf, like math.isfinite
+    if var >= 0.0 and -1.0 <= corr <= 1.0 and -_INF < mean + var < _INF:
         s = _new(Signal)
         d = s.__dict__
         d["mean"] = mean
@@ -92,7 +93,7 @@ def _signal(mean: float, var: float, corr: float) -> "Signal":
 
 
 def _grad(var: float, corr: float) -> "Grad":
-    if var >= 0.0 and -1.0 <= corr <= 1.0 and _isfinite(var):
+    if 0.0 <= var < _INF and -1.0 <= corr <= 1.0:
         g = _new(Grad)
         d = g.__dict__
         d["var"] = var
