@@ -463,9 +463,21 @@ class Attention:
         unit and final V/O blocks of one layer) share this, and `forward` scales it exactly as a
         direct computation would (same floating-point operations, so identical results).
         """
+        return self._forward_ctx(x, kv)[:2]
+
+    def _forward_ctx(self, x: Signal, kv: Signal | None = None
+                     ) -> tuple[float, float, tuple, "_SqMassTable | _MassSums | None"]:
+        """`_forward_unscaled` plus the input moments (`_moments`) and the causal window sums it
+        used, which the backward pass of the same input needs again (`_backward_ctx`)."""
         if kv is not None and self.causal:
             raise ValueError("causal must be False for cross-attention (kv given)")
-        s2x, rx, s2k, rk, ss, v = self._moments(x, kv)
+        m = self._moments(x, kv)
+        tab = self._table(m[5]) if self.causal and self.exact else None
+        var, cov = self._forward_from(m, tab, kv)
+        return var, cov, m, tab
+
+    def _forward_from(self, m: tuple, tab, kv: Signal | None) -> tuple[float, float]:
+        s2x, rx, s2k, rk, ss, v = m
         d, L = self.d_model, self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
         # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (spec's d q k sigma^6 for self-attention)
@@ -487,7 +499,6 @@ class Attention:
             return var, cov
         diag = 4.0 if kv is None else 0.0           # query-side coupling exists only for self-attention
         if self.causal:
-            tab = self._table(v)
             var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
                    + c2 * ((L - self._harm) + diag * a * (tab.sum_s - tab.sum_s_n)) / L)
             # own-value part: sum over key overlaps of E[A_ij A_kj], with correlated queries
@@ -532,9 +543,13 @@ class Attention:
                 return _grad(0.0, 0.0)
             qv, qc = self._q_path(x, g, kv)
             return self._grad(qv, qc)
-        # the three paths share the input moments and (causal) the window sums: computed once
-        m = self._moments(x, None)
-        tab = self._table(m[5]) if self.causal and (self.exact or self.qk_grad) else None
+        return self._backward_ctx(x, g, self._moments(x, None), None)
+
+    def _backward_ctx(self, x: Signal, g: Grad, m: tuple, tab) -> Grad:
+        """Self-attention `backward` given the input moments ``m`` (`_moments`) and, if known, the
+        causal window sums ``tab`` at its effective logit variance: the three paths share them."""
+        if tab is None and self.causal and (self.exact or self.qk_grad):
+            tab = self._table(m[5])
         vv, vc = self._value_path(x, g, None, m, tab)
         if not self.qk_grad:
             return self._grad(vv, vc)

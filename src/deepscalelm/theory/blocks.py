@@ -63,20 +63,22 @@ class FFNBlock:
         `_backward_trace`: at 1000 layers one shared block sees 1000 inputs, more than the memo
         holds, so the backward pass would otherwise recompute every forward.
         """
-        ins = [x]
-        parts = self._parts
-        for part in parts[:-1]:
-            ins.append(part.forward(ins[-1]))
-        return parts[-1].forward(ins[-1]), ins
+        fc1, act, fc2, drop = self._parts   # unrolled: the same calls as `_inputs` + `forward`
+        a = fc1.forward(x)
+        b = act.forward(a)
+        c = fc2.forward(b)
+        return drop.forward(c), [x, a, b, c]
 
     def _backward_trace(self, x: Signal, trace: list[Signal] | None, g: Grad, kv: None = None
                         ) -> Grad:
         """`backward` given the `_trace` of the input ``x`` (None: the memoised inputs)."""
         if trace is None:
             trace = self._inputs(x)
-        for part, inp in zip(reversed(self._parts), reversed(trace)):
-            g = part.backward(inp, g)
-        return g
+        fc1, act, fc2, drop = self._parts   # unrolled, last part first
+        g = drop.backward(trace[3], g)
+        g = fc2.backward(trace[2], g)
+        g = act.backward(trace[1], g)
+        return fc1.backward(trace[0], g)
 
 
 # head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output
@@ -129,24 +131,28 @@ class AttentionBlock:
     def head_output(self, x: Signal, kv: Signal | None = None) -> Signal:
         """Moments of one head's output (before the output projection); memoised per input.
 
-        The memo holds the head's moments divided by d_model * v_var (`Attention._forward_unscaled`),
+        The memo holds the head's moments divided by d_model * v_var (`Attention._forward_ctx`),
         shared by all blocks that differ only in their V/O variances: DSLM's schedule evaluates a
         unit-V/O block and then the final block of each layer on the same input, so the second is
         a scaling (the same operations as a direct computation, hence identical numbers).
         """
+        return self._scale_head(self._head_raw(x, kv))
+
+    def _head_raw(self, x: Signal, kv: Signal | None) -> tuple:
+        """`Attention._forward_ctx` of the input, through the shared memo (see head_output)."""
         key = (self._head_key, x, kv)
         raw = _HEAD_MEMO.get(key)
         if raw is None:
-            raw = self._head._forward_unscaled(x, kv)
+            raw = self._head._forward_ctx(x, kv)
             if len(_HEAD_MEMO) > 8192:
                 _HEAD_MEMO.clear()
             _HEAD_MEMO[key] = raw
-        return self._scale_head(raw)
+        return raw
 
     def _scale_head(self, raw: tuple[float, float]) -> Signal:
         """One head's output moments from `Attention._forward_unscaled` (what `Attention.forward`
         does with it)."""
-        var, cov = raw
+        var, cov = raw[0], raw[1]
         dv = self.d_model * self._head.v_var
         return self._head._signal(dv * var, dv * cov)
 
@@ -155,18 +161,18 @@ class AttentionBlock:
 
     def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple[Signal, Signal]]:
         """(output, (head output, projection output)): kept by the engine for `_backward_trace`."""
-        return self._trace_raw(None, self.head_output(x, kv))
+        return self._trace_raw(self._head_raw(x, kv))
 
-    def _trace_raw(self, raw: tuple[float, float] | None, h: Signal | None = None
-                   ) -> tuple[Signal, tuple[Signal, Signal]]:
-        """`_trace` from the head's unscaled moments ``raw`` (or its output ``h``)."""
+    def _trace_raw(self, raw: tuple, h: Signal | None = None) -> tuple[Signal, tuple]:
+        """`_trace` from ``raw`` = `Attention._forward_ctx` of the input (``h``: its scaled head
+        output, when already built). The trace keeps ``raw`` for the head's backward pass."""
         if h is None:
             h = self._scale_head(raw)
         o = self._proj.forward(h)
-        return self._drop.forward(o), (h, o)
+        return self._drop.forward(o), (h, o, raw)
 
     def _grad_heads(self, x: Signal, g: Grad, kv: Signal | None, trace=None) -> Grad:
-        h, o = self._trace(x, kv)[1] if trace is None else trace
+        h, o = (self._trace(x, kv)[1] if trace is None else trace)[:2]
         return self._proj.backward(h, self._drop.backward(o, g))
 
     def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
@@ -175,7 +181,13 @@ class AttentionBlock:
     def _backward_trace(self, x: Signal, trace, g: Grad, kv: Signal | None = None) -> Grad:
         """`backward` given the `_trace` of the input (None: recompute it)."""
         gh = self._grad_heads(x, g, kv, trace)
-        one = self._head.backward(x, gh) if kv is None else self._head.backward(x, gh, kv=kv)
+        if kv is not None:
+            one = self._head.backward(x, gh, kv=kv)
+        elif trace is not None:   # the forward's input moments and window sums
+            raw = trace[2]
+            one = self._head._backward_ctx(x, gh, raw[2], raw[3])
+        else:
+            one = self._head.backward(x, gh)
         return _grad(self.n_heads * one.var, one.corr)
 
     def backward_kv(self, x: Signal, g: Grad, kv: Signal, trace=None) -> Grad:

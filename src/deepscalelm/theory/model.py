@@ -175,6 +175,7 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     inline_vo = isinstance(vo_resolver, _UnitVOSchedule)
     d_ff, act = config.ffn_dim, config.activation
     ffn_of: dict[tuple[float, float], FFNBlock] = {}
+    unit_of: dict[tuple[float, float, str], AttentionBlock] = {}
     normalised = False  # Post-LN: is the stream already a LayerNorm output?
     for i in range(n_layers):
         for block in blocks:
@@ -182,8 +183,13 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
             h = ln_forward(x) if pre else x
             kv = memory if block == "cross" else None
             if inline_vo and block != "ffn":
-                unit = vo_resolver.unit_block(name, block, causal)
-                raw = unit._head._forward_unscaled(h, kv)
+                # the unit-V/O block depends on the name only through the Q and K variances
+                key = (vo_resolver.weight_var(name + ".q.weight"),
+                       vo_resolver.weight_var(name + ".k.weight"), block)
+                unit = unit_of.get(key)
+                if unit is None:
+                    unit = unit_of[key] = vo_resolver.unit_block(name, block, causal)
+                raw = unit._head._forward_ctx(h, kv)
                 s = vo_resolver.choose(name, unit._unit_output_var(raw))
                 comp = unit._with_vo(s, s)
                 f, trace = comp._trace_raw(raw)
