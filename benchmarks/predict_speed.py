@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     predict(ModelConfig(n_layers=2))  # imports
-    for scheme, norm in (("dslm", "pre"), ("dslm", "post"), ("xavier", "pre")):
+    for scheme, norm in (("dslm", "pre"), ("dslm", "post"), ("xavier", "pre"), ("xavier", "post")):
         for seq_len in (128, 512):
             # n_layers + seq_len differ per row, so each row's first call is a cold one
             cfg = ModelConfig(n_layers=args.layers, d_model=128, n_heads=4, seq_len=seq_len,

@@ -284,28 +284,13 @@ def _grid(kind: str, n: int, k: int):
     return hit
 
 
-_WINDOW_MEMO: dict[tuple[int, float], object] = {}
-
-
 def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
-    """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v.
-
-    Memoised per (n_max, v): a head's forward and backward pass ask for the same v.
-    """
-    key = (n_max, v)
-    hit = _WINDOW_MEMO.get(key)
-    if hit is not None:
-        return hit
+    """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v."""
     if v <= 0.0 or v >= _V_GRID_MAX:
-        hit = _SqMassTable(n_max, v)
-    else:
-        k = int(v / _V_STEP)
-        t = v / _V_STEP - k
-        hit = _MassSums(_grid("win", n_max, k), _grid("win", n_max, k + 1), t)
-    if len(_WINDOW_MEMO) > 4096:
-        _WINDOW_MEMO.clear()
-    _WINDOW_MEMO[key] = hit
-    return hit
+        return _SqMassTable(n_max, v)
+    k = int(v / _V_STEP)
+    t = v / _V_STEP - k
+    return _MassSums(_grid("win", n_max, k), _grid("win", n_max, k + 1), t)
 
 
 def _full_masses(n: int, v: float) -> tuple[float, float]:

@@ -204,7 +204,19 @@ def dslm(config: ModelConfig) -> Scheme:
     emb_var = (1.0 - config.emb_p) / t
     wv: dict[str, float] = {}
     shapes = weight_shapes(config)
+    relu = config.activation == "relu"
+    # the per-layer weights ({stack}layers.{i}.{block}.{w}.weight, see naming.weight_shapes), by
+    # their {w}: the values the chain below gives them, computed once instead of per weight
+    per_layer = {"q": 1.0 / d, "k": 1.0 / d, "v": None, "o": None,
+                 "fc1": math.sqrt(2 * (1 - p) / (d * f)) if relu else 1.0 / d,
+                 "fc2": math.sqrt(2 * (1 - p) / (d * f)) if relu else (1 - p) / (GELU_SECOND_MOMENT * f)}
     for n, (rows, cols) in shapes.items():
+        if "layers." in n and n.endswith(".weight"):
+            w = n[n.rfind(".", 0, -7) + 1:-7]
+            if w in per_layer:
+                if per_layer[w] is not None:   # V and O: set below from the correlation schedule
+                    wv[n] = per_layer[w]
+                continue
         if n == "patch_emb.weight":
             wv[n] = emb_var / cols
         elif "emb" in n or n == "cls_token":
