@@ -54,31 +54,31 @@ class FFNBlock:
         return self._parts[-1].forward(self._inputs(x)[-1])
 
     def backward(self, x: Signal, g: Grad) -> Grad:
-        return self._backward_trace(x, self._inputs(x), g)
+        return self._backward_trace(x, None, g)
 
-    def _trace(self, x: Signal, kv: None = None) -> tuple[Signal, list[Signal]]:
-        """(output, inputs of every part) without touching the memo.
+    def _trace(self, x: Signal, kv: None = None) -> tuple[Signal, tuple]:
+        """(output, (mean, var, corr) at the input of each part after the first).
 
-        The whole-model engine keeps the trace with its step and hands it back to
-        `_backward_trace`: at 1000 layers one shared block sees 1000 inputs, more than the memo
-        holds, so the backward pass would otherwise recompute every forward.
+        The parts are chained through their float-level forms (`Linear._fwd` etc.: the formulas
+        of their forward methods, without a record per part). The whole-model engine keeps the
+        trace with its step and hands it to `_backward_trace`: at 1000 layers one shared block
+        sees 1000 inputs, more than a memo holds, so the backward pass would otherwise recompute
+        every forward.
         """
-        fc1, act, fc2, drop = self._parts   # unrolled: the same calls as `_inputs` + `forward`
-        a = fc1.forward(x)
-        b = act.forward(a)
-        c = fc2.forward(b)
-        return drop.forward(c), [x, a, b, c]
+        fc1, act, fc2, drop = self._parts
+        a = fc1._fwd(x.mean, x.var, x.corr)
+        b = act._fwd(*a)
+        c = fc2._fwd(*b)
+        return _signal(*drop._fwd(*c)), (a, b, c)
 
-    def _backward_trace(self, x: Signal, trace: list[Signal] | None, g: Grad, kv: None = None
-                        ) -> Grad:
-        """`backward` given the `_trace` of the input ``x`` (None: the memoised inputs)."""
-        if trace is None:
-            trace = self._inputs(x)
-        fc1, act, fc2, drop = self._parts   # unrolled, last part first
-        g = drop.backward(trace[3], g)
-        g = fc2.backward(trace[2], g)
-        g = act.backward(trace[1], g)
-        return fc1.backward(trace[0], g)
+    def _backward_trace(self, x: Signal, trace: tuple | None, g: Grad, kv: None = None) -> Grad:
+        """`backward` given the `_trace` of the input ``x`` (None: recompute it)."""
+        a, b, c = self._trace(x)[1] if trace is None else trace
+        fc1, act, fc2, drop = self._parts   # last part first
+        gv, gc = drop._bwd(*c, g.var, g.corr)
+        gv, gc = fc2._bwd(*b, gv, gc)
+        gv, gc = act._bwd(*a, gv, gc)
+        return _grad(*fc1._bwd(x.mean, x.var, x.corr, gv, gc))
 
 
 # head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output
@@ -149,49 +149,57 @@ class AttentionBlock:
             _HEAD_MEMO[key] = raw
         return raw
 
-    def _scale_head(self, raw: tuple[float, float]) -> Signal:
-        """One head's output moments from `Attention._forward_unscaled` (what `Attention.forward`
+    def _scale_head(self, raw: tuple) -> Signal:
+        """One head's output moments from `Attention._forward_ctx` (what `Attention.forward`
         does with it)."""
-        var, cov = raw[0], raw[1]
+        return _signal(*self._head_moments(raw))
+
+    def _head_moments(self, raw: tuple) -> tuple[float, float, float]:
+        """(mean, var, corr) of `_scale_head`: `Attention._signal` of the scaled moments."""
         dv = self.d_model * self._head.v_var
-        return self._head._signal(dv * var, dv * cov)
+        var = max(dv * raw[0], 0.0)
+        return 0.0, var, clip_corr(dv * raw[1] / var) if var > 0 else 0.0
 
     def forward(self, x: Signal, kv: Signal | None = None) -> Signal:
         return self._drop.forward(self._proj.forward(self.head_output(x, kv)))
 
-    def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple[Signal, Signal]]:
-        """(output, (head output, projection output)): kept by the engine for `_backward_trace`."""
+    def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple]:
+        """(output, trace) for `_backward_trace`; the trace is `Attention._forward_ctx` of the
+        input (the head's input moments and window sums, which its backward pass needs again)."""
         return self._trace_raw(self._head_raw(x, kv))
 
-    def _trace_raw(self, raw: tuple, h: Signal | None = None) -> tuple[Signal, tuple]:
-        """`_trace` from ``raw`` = `Attention._forward_ctx` of the input (``h``: its scaled head
-        output, when already built). The trace keeps ``raw`` for the head's backward pass."""
-        if h is None:
-            h = self._scale_head(raw)
-        o = self._proj.forward(h)
-        return self._drop.forward(o), (h, o, raw)
+    def _trace_raw(self, raw: tuple) -> tuple[Signal, tuple]:
+        """`_trace` from ``raw`` = `Attention._forward_ctx` of the input. The head output and its
+        projection go through the float-level forms (`Linear._fwd`, `Dropout._fwd`): only the
+        block output becomes a record."""
+        return _signal(*self._drop._fwd(*self._proj._fwd(*self._head_moments(raw)))), raw
 
-    def _grad_heads(self, x: Signal, g: Grad, kv: Signal | None, trace=None) -> Grad:
-        h, o = (self._trace(x, kv)[1] if trace is None else trace)[:2]
-        return self._proj.backward(h, self._drop.backward(o, g))
+    def _unit_output_var(self, raw: tuple) -> float:
+        """``_trace_raw(raw)[0].var`` without building a record (DSLM's schedule)."""
+        return self._drop._fwd(*self._proj._fwd(*self._head_moments(raw)))[1]
+
+    def _grad_heads(self, g: Grad) -> Grad:
+        """Gradient at the heads' output. Dropout and Linear backward do not depend on their
+        input moments (so no forward values are needed)."""
+        gv, gc = self._drop._bwd(0.0, 0.0, 0.0, g.var, g.corr)
+        return _grad(*self._proj._bwd(0.0, 0.0, 0.0, gv, gc))
 
     def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
         return self._backward_trace(x, None, g, kv)
 
     def _backward_trace(self, x: Signal, trace, g: Grad, kv: Signal | None = None) -> Grad:
         """`backward` given the `_trace` of the input (None: recompute it)."""
-        gh = self._grad_heads(x, g, kv, trace)
+        gh = self._grad_heads(g)
         if kv is not None:
             one = self._head.backward(x, gh, kv=kv)
         elif trace is not None:   # the forward's input moments and window sums
-            raw = trace[2]
-            one = self._head._backward_ctx(x, gh, raw[2], raw[3])
+            one = self._head._backward_ctx(x, gh, trace[2], trace[3])
         else:
             one = self._head.backward(x, gh)
         return _grad(self.n_heads * one.var, one.corr)
 
     def backward_kv(self, x: Signal, g: Grad, kv: Signal, trace=None) -> Grad:
-        gh = self._grad_heads(x, g, kv, trace)
+        gh = self._grad_heads(g)
         one = self._head.backward_kv(x, gh, kv)
         return _grad(self.n_heads * one.var, one.corr)
 
@@ -217,20 +225,6 @@ class AttentionBlock:
         d["_proj"] = proj
         d["_memo"] = {}
         return blk
-
-    def _unit_output_var(self, raw: tuple[float, float]) -> float:
-        """``_trace_raw(raw)[0].var`` without building the intermediate records.
-
-        The head output, its projection and the dropout all have mean 0 here, so the variance
-        chain is that of `Attention.forward`, `Linear.forward` and `Dropout.forward` with mean
-        0.0 (written with the same operations, hence the same number; DSLM's schedule calls this
-        once per attention layer).
-        """
-        mean = 0.0
-        var_h = max(self.d_model * self._head.v_var * raw[0], 0.0)
-        var_o = self._proj.d_in * self._proj.weight_var * (var_h + mean ** 2)
-        p = self._drop.p
-        return (var_o + p * mean ** 2) / (1.0 - p)
 
 
 @dataclass(frozen=True)

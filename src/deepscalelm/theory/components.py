@@ -30,10 +30,16 @@ def _nonneg(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def _zero_mean(component: str, x: Signal) -> None:
-    if abs(x.mean) > 1e-6 * max(1.0, math.sqrt(x.var)):
+def _zero_mean(component: str, mean: float, var: float) -> None:
+    if abs(mean) > 1e-6 * max(1.0, math.sqrt(var)):
         raise ValueError(f"{component} moments assume a zero-mean input (e.g. a Linear output), got "
-                         f"mean={x.mean!r}; put a zero-mean-weight Linear or LayerNorm before it")
+                         f"mean={mean!r}; put a zero-mean-weight Linear or LayerNorm before it")
+
+
+# The FFN parts also have float-level forms, ``_fwd(mean, var, corr) -> (mean, var, corr)`` and
+# ``_bwd(x_mean, x_var, x_corr, g_var, g_corr) -> (g_var, g_corr)``: `FFNBlock` chains them without
+# building a record per part (the public forward/backward wrap the same functions, so there is
+# one copy of each formula). Ranges are checked when the chain's result becomes a Signal/Grad.
 
 
 @dataclass(frozen=True)
@@ -54,15 +60,22 @@ class Linear:
         _nonneg("weight_var", self.weight_var)
 
     def forward(self, x: Signal) -> Signal:
-        # x.second_moment and x.cov written out (hot path; the same operations)
-        mean2 = x.mean ** 2
-        m2 = x.var + mean2
-        var = self.d_in * self.weight_var * m2
-        corr = (x.corr * x.var + mean2) / m2 if m2 > 0 else 0.0
-        return _signal(0.0, var, clip_corr(corr))
+        return _signal(*self._fwd(x.mean, x.var, x.corr))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         return _grad(self.d_out * self.weight_var * g.var, g.corr)
+
+    def _fwd(self, mean: float, var: float, corr: float) -> tuple[float, float, float]:
+        # x.second_moment and x.cov written out (the same operations)
+        mean2 = mean ** 2
+        m2 = var + mean2
+        out = self.d_in * self.weight_var * m2
+        r = (corr * var + mean2) / m2 if m2 > 0 else 0.0
+        return 0.0, out, clip_corr(r)
+
+    def _bwd(self, mean: float, var: float, corr: float, g_var: float, g_corr: float
+             ) -> tuple[float, float]:
+        return self.d_out * self.weight_var * g_var, g_corr
 
 
 @dataclass(frozen=True)
@@ -80,12 +93,19 @@ class Dropout:
             raise ValueError(f"p (dropout probability) must be in [0, 1), got {self.p!r}")
 
     def forward(self, x: Signal) -> Signal:
-        var = (x.var + self.p * x.mean ** 2) / (1.0 - self.p)
-        return _signal(x.mean, var, clip_corr(x.corr * x.var / var) if var > 0 else 0.0)
+        return _signal(*self._fwd(x.mean, x.var, x.corr))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
-        var = g.var / (1.0 - self.p)
-        return _grad(var, clip_corr(g.corr * g.var / var) if var > 0 else 0.0)
+        return _grad(*self._bwd(0.0, 0.0, 0.0, g.var, g.corr))
+
+    def _fwd(self, mean: float, var: float, corr: float) -> tuple[float, float, float]:
+        out = (var + self.p * mean ** 2) / (1.0 - self.p)
+        return mean, out, clip_corr(corr * var / out) if out > 0 else 0.0
+
+    def _bwd(self, mean: float, var: float, corr: float, g_var: float, g_corr: float
+             ) -> tuple[float, float]:
+        out = g_var / (1.0 - self.p)
+        return out, clip_corr(g_corr * g_var / out) if out > 0 else 0.0
 
 
 def relu_cov_factor(r: float) -> float:
@@ -103,21 +123,28 @@ class ReLU:
     """
 
     def forward(self, x: Signal) -> Signal:
-        if x.mean:  # a Linear output has mean exactly 0: skip the check
-            _zero_mean("ReLU", x)
-        s2 = x.var
-        mean = math.sqrt(s2 / _TWO_PI)
-        var = s2 * (math.pi - 1.0) / _TWO_PI
-        cov = s2 * relu_cov_factor(x.corr) - mean ** 2
-        return _signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _signal(*self._fwd(x.mean, x.var, x.corr))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
-        if x.mean:  # a Linear output has mean exactly 0: skip the check
-            _zero_mean("ReLU", x)
-        r = clip_corr(x.corr)
-        var = g.var / 2.0
-        cov = (0.25 + math.asin(r) / _TWO_PI) * g.cov
-        return _grad(var, clip_corr(cov / var) if var > 0 else 0.0)
+        return _grad(*self._bwd(x.mean, x.var, x.corr, g.var, g.corr))
+
+    def _fwd(self, mean: float, var: float, corr: float) -> tuple[float, float, float]:
+        if mean:  # a Linear output has mean exactly 0: skip the check
+            _zero_mean("ReLU", mean, var)
+        s2 = var
+        m = math.sqrt(s2 / _TWO_PI)
+        out = s2 * (math.pi - 1.0) / _TWO_PI
+        cov = s2 * relu_cov_factor(corr) - m ** 2
+        return m, out, clip_corr(cov / out) if out > 0 else 0.0
+
+    def _bwd(self, mean: float, var: float, corr: float, g_var: float, g_corr: float
+             ) -> tuple[float, float]:
+        if mean:
+            _zero_mean("ReLU", mean, var)
+        r = clip_corr(corr)
+        out = g_var / 2.0
+        cov = (0.25 + math.asin(r) / _TWO_PI) * (g_corr * g_var)   # g.cov
+        return out, clip_corr(cov / out) if out > 0 else 0.0
 
 
 def gelu_moments(s2: float) -> tuple[float, float]:
@@ -136,32 +163,39 @@ class GeLU:
     """
 
     def forward(self, x: Signal) -> Signal:
-        if x.mean:  # a Linear output has mean exactly 0: skip the check
-            _zero_mean("GeLU", x)
-        s2, r = x.var, clip_corr(x.corr)
+        return _signal(*self._fwd(x.mean, x.var, x.corr))
+
+    def backward(self, x: Signal, g: Grad) -> Grad:
+        return _grad(*self._bwd(x.mean, x.var, x.corr, g.var, g.corr))
+
+    def _fwd(self, x_mean: float, x_var: float, x_corr: float) -> tuple[float, float, float]:
+        if x_mean:  # a Linear output has mean exactly 0: skip the check
+            _zero_mean("GeLU", x_mean, x_var)
+        s2, r = x_var, clip_corr(x_corr)
         if s2 == 0:
-            return _signal(0.0, 0.0, 0.0)
+            return 0.0, 0.0, 0.0
         mean, var = gelu_moments(s2)
         a = s2 / (1.0 + s2)
         rs = r * s2
         cov = (s2 / 4.0) * (r + (2.0 / math.pi) * r * math.asin(r * a)
                             + (2.0 / math.pi) * s2 * (s2 * (1.0 - r * r) + (1.0 + r * r))
                             / ((s2 + 1.0) * math.sqrt((s2 + 1.0) ** 2 - rs ** 2))) - mean ** 2
-        return _signal(mean, var, clip_corr(cov / var) if var > 0 else 0.0)
+        return mean, var, clip_corr(cov / var) if var > 0 else 0.0
 
-    def backward(self, x: Signal, g: Grad) -> Grad:
-        if x.mean:  # a Linear output has mean exactly 0: skip the check
-            _zero_mean("GeLU", x)
-        s2, r = x.var, clip_corr(x.corr)
+    def _bwd(self, x_mean: float, x_var: float, x_corr: float, g_var: float, g_corr: float
+             ) -> tuple[float, float]:
+        if x_mean:
+            _zero_mean("GeLU", x_mean, x_var)
+        s2, r = x_var, clip_corr(x_corr)
         a = s2 / (1.0 + s2)
         gain = 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / (1.0 + 2.0 * s2) ** 1.5) / _TWO_PI
-        var = g.var * gain
+        var = g_var * gain
         if var == 0:
-            return _grad(0.0, 0.0)
+            return 0.0, 0.0
         rs, ra = r * s2, r * a
         cov_gain = 0.5 + (-math.acos(ra) + ra * ((s2 + 1.0) * (2.0 * s2 + 3.0) - 2.0 * rs ** 2)
                           / ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5) / _TWO_PI
-        return _grad(var, clip_corr(g.cov * cov_gain / var))
+        return var, clip_corr((g_corr * g_var) * cov_gain / var)   # g.cov
 
 
 @dataclass(frozen=True)
