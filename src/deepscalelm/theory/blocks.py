@@ -73,12 +73,18 @@ class FFNBlock:
 
     def _backward_trace(self, x: Signal, trace: tuple | None, g: Grad, kv: None = None) -> Grad:
         """`backward` given the `_trace` of the input ``x`` (None: recompute it)."""
+        return _grad(*self._backward_f(x, trace, g.var, g.corr))
+
+    def _backward_f(self, x: Signal, trace: tuple | None, g_var: float, g_corr: float,
+                    kv: None = None) -> tuple[float, float]:
+        """`_backward_trace` as (variance, correlation): the engine feeds it to the LayerNorm and
+        merge formulas without an intermediate record."""
         a, b, c = self._trace(x)[1] if trace is None else trace
         fc1, act, fc2, drop = self._parts   # last part first
-        gv, gc = drop._bwd(*c, g.var, g.corr)
+        gv, gc = drop._bwd(*c, g_var, g_corr)
         gv, gc = fc2._bwd(*b, gv, gc)
         gv, gc = act._bwd(*a, gv, gc)
-        return _grad(*fc1._bwd(x.mean, x.var, x.corr, gv, gc))
+        return fc1._bwd(x.mean, x.var, x.corr, gv, gc)
 
 
 # head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output
@@ -181,7 +187,10 @@ class AttentionBlock:
     def _grad_heads(self, g: Grad) -> Grad:
         """Gradient at the heads' output. Dropout and Linear backward do not depend on their
         input moments (so no forward values are needed)."""
-        gv, gc = self._drop._bwd(0.0, 0.0, 0.0, g.var, g.corr)
+        return self._grad_heads_f(g.var, g.corr)
+
+    def _grad_heads_f(self, g_var: float, g_corr: float) -> Grad:
+        gv, gc = self._drop._bwd(0.0, 0.0, 0.0, g_var, g_corr)
         return _grad(*self._proj._bwd(0.0, 0.0, 0.0, gv, gc))
 
     def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
@@ -189,14 +198,19 @@ class AttentionBlock:
 
     def _backward_trace(self, x: Signal, trace, g: Grad, kv: Signal | None = None) -> Grad:
         """`backward` given the `_trace` of the input (None: recompute it)."""
-        gh = self._grad_heads(g)
+        return _grad(*self._backward_f(x, trace, g.var, g.corr, kv))
+
+    def _backward_f(self, x: Signal, trace, g_var: float, g_corr: float,
+                    kv: Signal | None = None) -> tuple[float, float]:
+        """`_backward_trace` as (variance, correlation) (see FFNBlock._backward_f)."""
+        gh = self._grad_heads_f(g_var, g_corr)
         if kv is not None:
             one = self._head.backward(x, gh, kv=kv)
         elif trace is not None:   # the forward's input moments and window sums
             one = self._head._backward_ctx(x, gh, trace[2], trace[3])
         else:
             one = self._head.backward(x, gh)
-        return _grad(self.n_heads * one.var, one.corr)
+        return self.n_heads * one.var, one.corr
 
     def backward_kv(self, x: Signal, g: Grad, kv: Signal, trace=None) -> Grad:
         gh = self._grad_heads(g)
@@ -247,9 +261,13 @@ class ResidualMerge:
 
     def backward(self, g_skip: Grad, g_branch: Grad) -> Grad:
         """Combine the gradient through the skip (at y) and through the branch (already at x)."""
+        return self._backward_f(g_skip, g_branch.var, g_branch.corr)
+
+    def _backward_f(self, g_skip: Grad, b_var: float, b_corr: float) -> Grad:
+        """`backward` with the branch gradient as (variance, correlation)."""
         l2, b2 = self.lam ** 2, self.beta ** 2
-        var = l2 * g_skip.var + b2 * g_branch.var
-        cov = l2 * (g_skip.corr * g_skip.var) + b2 * (g_branch.corr * g_branch.var)
+        var = l2 * g_skip.var + b2 * b_var
+        cov = l2 * (g_skip.corr * g_skip.var) + b2 * (b_corr * b_var)
         return _grad(var, clip_corr(cov / var) if var > 0 else 0.0)
 
 

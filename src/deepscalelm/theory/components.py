@@ -223,13 +223,21 @@ class LayerNorm:
         return -1.0 / (self.d - 1)
 
     def forward(self, x: Signal) -> Signal:
-        r = clip_corr(x.corr)
-        return _signal(0.0, 1.0, clip_corr(r * (1.0 - (1.0 - r * r) / (2.0 * (self.d - 1)))))
+        return _signal(0.0, 1.0, self._corr(x.corr))
+
+    def _corr(self, corr: float) -> float:
+        """Output token correlation for an input correlation ``corr`` (mean 0, variance 1)."""
+        r = clip_corr(corr)
+        return clip_corr(r * (1.0 - (1.0 - r * r) / (2.0 * (self.d - 1))))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
-        if x.var <= 0:
+        return _grad(*self._bwd(x.var, g.var, g.corr))
+
+    def _bwd(self, x_var: float, g_var: float, g_corr: float) -> tuple[float, float]:
+        """Float-level `backward` (it needs only the input variance)."""
+        if x_var <= 0:
             raise ValueError("LayerNorm.backward needs an input with var > 0")
-        return _grad(g.var / x.var, g.corr)
+        return g_var / x_var, g_corr
 
 
 @dataclass(frozen=True)

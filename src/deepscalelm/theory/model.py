@@ -166,7 +166,8 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     attention block from the moments of its actual input (DSLM's exact schedule).
     """
     n_layers, causal = {s: (n, c) for s, n, c in config.stacks()}[stack]
-    ln_forward = LayerNorm(config.d_model).forward
+    ln = LayerNorm(config.d_model)
+    ln_forward, ln_corr = ln.forward, ln._corr
     pre = config.norm == "pre"
     blocks = layer_blocks(config, stack)
     steps: list[_Step] = []
@@ -227,9 +228,8 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                 # of variance the merge adds (beta^2 var_F) has a fluctuating norm, so only that
                 # share of the correction applies; otherwise it would compound over every merge.
                 share = merge.beta ** 2 * f.var / z.var if (normalised and z.var > 0) else 1.0
-                full = ln_forward(z)
-                y = full if share >= 1.0 else _signal(full.mean, full.var,
-                                                       z.corr + share * (full.corr - z.corr))
+                full = ln_corr(z.corr)   # post_ln_forward: LayerNorm output mean 0, variance 1
+                y = _signal(0.0, 1.0, full if share >= 1.0 else z.corr + share * (full - z.corr))
                 normalised = True
             steps.append(_Step(name, i + 1, block, comp, merge, x, h, f, z, y, kv, trace))
             x = y
@@ -244,7 +244,8 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
     after each step (in forward order), the gradient at the stack input (the embedding output), and
     the key/value gradients of the cross-attentions (to be summed into the encoder output).
     """
-    ln_backward = LayerNorm(config.d_model).backward
+    ln = LayerNorm(config.d_model)
+    ln_backward, ln_bwd = ln.backward, ln._bwd
     pre = config.norm == "pre"
     after: list[Grad] = [g] * len(steps)
     kv_grads: list[Grad] = []
@@ -253,15 +254,16 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
         after[k] = g
         g_z = g if pre else ln_backward(st.z, g)
         comp = st.comp
+        # the block's, the LayerNorm's and the merge's backward, chained as (var, corr) floats
         if st.kv is not None:
-            gb = comp._backward_trace(st.h, st.trace, g_z, st.kv)
+            gbv, gbc = comp._backward_f(st.h, st.trace, g_z.var, g_z.corr, st.kv)
             gkv = comp.backward_kv(st.h, g_z, st.kv, st.trace)
             kv_grads.append(_grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
         else:
-            gb = comp._backward_trace(st.h, st.trace, g_z)
+            gbv, gbc = comp._backward_f(st.h, st.trace, g_z.var, g_z.corr)
         if pre:
-            gb = ln_backward(st.x, gb)
-        g = st.merge.backward(g_z, gb)
+            gbv, gbc = ln_bwd(st.x.var, gbv, gbc)
+        g = st.merge._backward_f(g_z, gbv, gbc)
     return after, g, kv_grads
 
 
