@@ -42,8 +42,28 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
+class DictConfig:
+    """``replace`` / ``to_dict`` / ``from_dict`` for frozen config dataclasses (validated again)."""
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Build from a mapping; unknown keys raise ValueError listing the known fields."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**dict(data))
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     """Architecture, data statistics and initialisation scheme of one transformer.
 
     Sizes are counts (tokens, hidden units); probabilities are in [0, 1). Fields:
@@ -183,27 +203,9 @@ class ModelConfig:
             return [("encoder.", self.n_layers, False), ("decoder.", self.decoder_layers, True)]
         return [("", self.n_layers, self.arch == "decoder")]
 
-    # ------------------------------------------------------------------------------ conversions
-    def replace(self, **changes: Any) -> "ModelConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a mapping; unknown keys raise ValueError listing the known fields."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(data))
-
-
 def config_fields() -> list[dataclasses.Field]:
     """The dataclass fields of ModelConfig (used by the CLI to make one flag per field)."""
     return list(dataclasses.fields(ModelConfig))
 
 
-__all__ = ["ModelConfig", "ARCHS", "NORMS", "ACTIVATIONS", "SCHEMES", "config_fields"]
+__all__ = ["ModelConfig", "DictConfig", "ARCHS", "NORMS", "ACTIVATIONS", "SCHEMES", "config_fields"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import ModelConfig
+from ..config import DictConfig, ModelConfig
 from ..errors import DSLMError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -25,7 +25,7 @@ ON_NAN = ("stop", "skip")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """How to train. Units: steps are optimizer steps; ``batch_size`` counts sequences (or images)
     per optimizer step over all processes; learning rates are per step for AdamW.
 
@@ -127,20 +127,6 @@ class TrainConfig:
         num("temperature", 0.0)
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(data))
 
 
 #: fields that may differ when a run is resumed (they do not change the computation of a step)
