@@ -7,6 +7,7 @@ import json
 
 from ..errors import DSLMError
 from ._config_args import add_config_arguments, config_from_args
+from ._output import write_tables
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,14 +100,7 @@ def run(args: argparse.Namespace) -> int:
     ids, what = _batch(args.data, config, args.batch_size, args.seed)
     model.train(not args.eval)
     report = check(model, ids, config, protocol=args.protocol, seed=args.seed)
-    wrote_stdout = False
-    for kind in ("json", "csv"):
-        target = getattr(args, kind)
-        if target:
-            text = getattr(report, f"to_{kind}")(None if target == "-" else target)
-            if target == "-":
-                print(text.rstrip("\n"))
-                wrote_stdout = True
+    wrote_stdout = write_tables(report, args)
     if args.plot:
         report.plot(args.plot, title=f"{config.arch}, {config.norm}-LN, {config.scheme}, {config.n_layers} layers, "
                                      f"d={config.d_model} ({args.protocol} protocol)")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ._config_args import add_config_arguments, config_from_args
+from ._output import write_tables
 
 COLUMNS = ("stack", "layer", "block", "var", "corr", "grad_var", "grad_corr", "block_var")
 
@@ -53,14 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     traj = predict(config, positional={"auto": None, "on": True, "off": False}[args.positional])
-    wrote_stdout = False
-    for kind in ("json", "csv"):
-        target = getattr(args, kind)
-        if target:
-            text = getattr(traj, f"to_{kind}")(None if target == "-" else target)
-            if target == "-":
-                sys.stdout.write(text if text.endswith("\n") else text + "\n")
-                wrote_stdout = True
+    wrote_stdout = write_tables(traj, args)
     if args.plot:
         from ..plotting import plot_trajectories
 
