@@ -14,7 +14,11 @@ from typing import Any, Mapping
 
 ARCHS = ("decoder", "encoder", "encoder-decoder", "vit")
 NORMS = ("pre", "post")
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
+GATED_ACTIVATIONS = ("swiglu", "geglu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope", "none")
+QK_NORMS = (None, "rmsnorm", "layernorm")
 SCHEMES = ("dslm", "xavier", "normal", "gpt2", "deepnet")
 DEPTH_UNITS = ("blocks", "layers")
 
@@ -86,6 +90,16 @@ class ModelConfig(DictConfig):
       embedding before dropout; computed from the embedding set-up when None), ``corr_schedule``
       (DSLM V/O schedule: ``"exact"`` finite-L moments or the authors' large-L ``"paper"`` recursion),
       ``std`` (normal/gpt2 weight std).
+    * ``norm_type``: ``"layernorm"`` (mean and variance normalised, gain and bias) or ``"rmsnorm"``
+      (x / rms(x), gain only), used for every norm of the model.
+    * ``activation``: the feed-forward non-linearity: ``"relu"``, ``"gelu"``, ``"silu"`` (two-matrix MLP
+      W2 act(W1 x)) or the gated ``"swiglu"`` / ``"geglu"`` (W2 (act(W1 x) * W3 x), W1 the gate, W3 the up
+      projection, hidden width ``d_ff``).
+    * ``position``: ``"learned"`` (an added position embedding), ``"rope"`` (rotary positions on q and k,
+      base ``rope_base``; needs an even head dimension) or ``"none"``.
+    * ``n_kv_heads``: key/value heads for grouped-query attention (None: ``n_heads``; must divide
+      ``n_heads``). ``qk_norm``: None, ``"rmsnorm"`` or ``"layernorm"``, a per-head norm of q and k
+      before the logits.
     * ``same_token_prob``: probability that two different positions of one sequence hold the same
       token (a data statistic; sum_i p_i^2 for i.i.d. tokens). None: Zipf estimate
       zeta(2) / (ln V + gamma)^2 from ``vocab_size``.
@@ -116,6 +130,11 @@ class ModelConfig(DictConfig):
     tie_embeddings: bool = True
     bias: bool = True
     ln_eps: float = 1e-5
+    norm_type: str = "layernorm"
+    position: str = "learned"
+    rope_base: float = 10000.0
+    n_kv_heads: int | None = None
+    qk_norm: str | None = None
     image_size: int = 28
     patch_size: int = 4
     channels: int = 1
@@ -128,12 +147,25 @@ class ModelConfig(DictConfig):
         _check_choice("scheme", self.scheme, SCHEMES)
         _check_choice("depth_unit", self.depth_unit, DEPTH_UNITS)
         _check_choice("corr_schedule", self.corr_schedule, ("exact", "paper"))
+        _check_choice("norm_type", self.norm_type, NORM_TYPES)
+        _check_choice("position", self.position, POSITIONS)
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of None, 'rmsnorm', 'layernorm', got {self.qk_norm!r}")
+        _check_range("rope_base", self.rope_base, 1.0, math.inf, lo_open=True, hi_open=True)
         _check_int("n_layers", self.n_layers, 1)
         _check_int("d_model", self.d_model, 1)
         _check_int("n_heads", self.n_heads, 1)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model must be divisible by n_heads, got d_model={self.d_model}, n_heads={self.n_heads}")
+        if self.n_kv_heads is not None:
+            _check_int("n_kv_heads", self.n_kv_heads, 1)
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(f"n_kv_heads must divide n_heads, got n_heads={self.n_heads}, "
+                                 f"n_kv_heads={self.n_kv_heads}")
+        if self.position == "rope" and self.d_head % 2:
+            raise ValueError(f"position 'rope' needs an even head dimension d_model / n_heads, got "
+                             f"{self.d_head} (d_model={self.d_model}, n_heads={self.n_heads})")
         if self.d_ff is not None:
             _check_int("d_ff", self.d_ff, 1)
         if self.n_decoder_layers is not None:
@@ -178,6 +210,16 @@ class ModelConfig(DictConfig):
         return self.d_model // self.n_heads
 
     @property
+    def kv_heads(self) -> int:
+        """Key/value heads (``n_kv_heads`` or ``n_heads``)."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def gated(self) -> bool:
+        """Whether the feed-forward block is gated (SwiGLU/GeGLU: three matrices)."""
+        return self.activation in GATED_ACTIVATIONS
+
+    @property
     def emb_p(self) -> float:
         """Dropout rate applied to the embedding output."""
         return self.dropout if self.emb_dropout is None else self.emb_dropout
@@ -208,4 +250,5 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(ModelConfig))
 
 
-__all__ = ["ModelConfig", "DictConfig", "ARCHS", "NORMS", "ACTIVATIONS", "SCHEMES", "config_fields"]
+__all__ = ["ModelConfig", "DictConfig", "ARCHS", "NORMS", "ACTIVATIONS", "GATED_ACTIVATIONS", "NORM_TYPES",
+           "POSITIONS", "QK_NORMS", "SCHEMES", "config_fields"]

@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import typing
 
-from ..config import ACTIVATIONS, ARCHS, NORMS, SCHEMES, ModelConfig
+from ..config import ACTIVATIONS, ARCHS, NORM_TYPES, NORMS, POSITIONS, SCHEMES, ModelConfig
 
 _CHOICES = {"arch": ARCHS, "norm": NORMS, "activation": ACTIVATIONS, "scheme": SCHEMES,
-            "depth_unit": ("blocks", "layers"), "corr_schedule": ("exact", "paper")}
+            "depth_unit": ("blocks", "layers"), "corr_schedule": ("exact", "paper"),
+            "norm_type": NORM_TYPES, "position": POSITIONS, "qk_norm": (None, "rmsnorm", "layernorm")}
 
 
 def _parse_bool(text: str) -> bool:
