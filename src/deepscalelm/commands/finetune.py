@@ -30,7 +30,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("--task", required=True, help="sst2, boolq, dream or babi-qa1 ... babi-qa20")
     p.add_argument("--out", help="output directory (must not exist or be empty); required unless --eval")
-    p.add_argument("--data-dir", default="/work/shared/data", help="folder holding sst2/, boolq/, dream/, babi/")
+    p.add_argument("--data-dir", default=None,
+                   help="data root holding sst2/, boolq/, dream/, babi/ (default: $DSLM_DATA, else ./data; "
+                        "sources in docs/data.md)")
     p.add_argument("--lrs", type=_floats, default=(1e-4, 3e-4), help="comma-separated learning rates")
     p.add_argument("--seeds", type=_ints, default=(0, 1), help="comma-separated seeds")
     p.add_argument("--epochs", type=float, default=3.0)

@@ -1,7 +1,7 @@
 """Fine-tune a pretrained checkpoint on a downstream task with a learning-rate × seed grid.
 
-Protocol (the paper's fine-tuning recipe as given in the project spec §8.3; choices the spec leaves
-open are marked "ours"):
+Protocol (the paper's fine-tuning recipe, arXiv 2403.09635; choices the paper leaves open are marked
+"ours"):
 
 * start every run from the same pretrained weights; a new linear head (see `FinetuneModel`);
 * AdamW, betas (0.9, 0.999) (ours: the usual BERT fine-tuning values), eps 1e-8, weight decay 0.01
@@ -282,7 +282,7 @@ def encode_task(task: TaskData, max_len: int, causal: bool) -> dict[str, dict[st
 
 
 def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | None = None,
-             cfg: FinetuneConfig | None = None, *, data_dir: str | Path = "/work/shared/data",
+             cfg: FinetuneConfig | None = None, *, data_dir: str | Path | None = None,
              subset: dict[str, int | None] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune `checkpoint` (path to a pretrained checkpoint or run directory) on `task` (a name of
     `deepscalelm.tasks.TASKS` read from `data_dir`, or a `TaskData`) with the grid of `cfg`.
@@ -364,7 +364,7 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
 
 
 def evaluate_checkpoint(path: str | Path, task: str | TaskData, split: str = "test", *,
-                        data_dir: str | Path = "/work/shared/data", batch_size: int = 64,
+                        data_dir: str | Path | None = None, batch_size: int = 64,
                         device: str = "cpu") -> dict[str, Any]:
     """Accuracy of a fine-tuned checkpoint on a task split; DSLMError if the head does not fit the task."""
     model, meta, c = load_finetuned(path, device)

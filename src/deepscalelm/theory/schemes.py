@@ -6,8 +6,8 @@ and fixed scales (``head_scale``). Nothing else: biases are 0 and LayerNorms sta
 
 Schemes:
 
-* ``dslm``  DeepScaleLM (spec §6), generalised; see `dslm`.
-* ``xavier`` the authors' baseline table (spec §7.2): Q,K,V 2/(d+d_head); O 1/d;
+* ``dslm``  DeepScaleLM (the paper's DeepScaleLM scheme), generalised; see `dslm`.
+* ``xavier`` the authors' baseline: Q,K,V 2/(d+d_head); O 1/d;
   FFN 2/(d+d_ff) (= 2/(5d) at d_ff = 4d); embeddings 1/d; MLM dense 1/d; other heads
   2/(fan_in+fan_out); merges (1, 1).
 * ``normal`` every weight N(0, std^2) (std = config.std, default 0.02); merges (1, 1).
@@ -32,7 +32,7 @@ from typing import Callable, Mapping
 from ..config import ModelConfig
 from .naming import layer_blocks, merge_names, n_embedding_tables, weight_shapes
 
-# E[GeLU(z)^2] for z ~ N(0, 1) (spec §3.4): the forward gain of GeLU at unit input.
+# E[GeLU(z)^2] for z ~ N(0, 1) (the paper's Table 1, GeLU): the forward gain of GeLU at unit input.
 GELU_SECOND_MOMENT = 0.42522
 
 
@@ -105,7 +105,7 @@ def _xavier(rows: int, cols: int) -> float:
 
 
 def xavier(config: ModelConfig) -> Scheme:
-    """The authors' "Xavier" baseline (spec §7.2)."""
+    """The authors' "Xavier" baseline for the paper's figures (arXiv 2403.09635)."""
     d, dh = config.d_model, config.d_head
     wv = {}
     for n, (rows, cols) in weight_shapes(config).items():
@@ -155,7 +155,7 @@ def dslm_beta2(config: ModelConfig, stack: str = "") -> float:
     """beta^2 = k / N^alpha, N = residual blocks of the stack (depth_unit "blocks") or its layers.
 
     With the defaults (k = 2, alpha = 1, "blocks") an encoder or decoder stack of N_L layers gets
-    beta^2 = 1/N_L, the authors' 0.005 at 192 layers (spec §6.2). Raises ValueError when k/N^alpha > 1.
+    beta^2 = 1/N_L, the authors' 0.005 at 192 layers (DSLM's choice of λ and β). Raises ValueError when k/N^alpha > 1.
     """
     n_layers = dict((s, n) for s, n, _ in config.stacks())[stack]
     n = _n_blocks(config, stack) if config.depth_unit == "blocks" else n_layers
@@ -167,7 +167,7 @@ def dslm_beta2(config: ModelConfig, stack: str = "") -> float:
 
 
 def embedding_corr(config: ModelConfig) -> float:
-    """Token correlation of the summed embedding before dropout (spec §2.4), equal table variances.
+    """Token correlation of the summed embedding before dropout (the paper's Zipf embedding correlation), equal table variances.
 
     r0 = sum over tables of (var_table / var_total) * P(two positions share a row of that table):
     token table: `ModelConfig.token_repeat_prob`; learned positions: 0; token types: 1 (one segment);
@@ -183,7 +183,7 @@ def embedding_corr(config: ModelConfig) -> float:
 
 
 def dslm(config: ModelConfig) -> Scheme:
-    """DeepScaleLM (spec §6): unit forward and backward moments at every layer.
+    """DeepScaleLM (the paper's DeepScaleLM scheme): unit forward and backward moments at every layer.
 
     * each of the T summed embedding tables: (1-p_emb)/T, so the embedding after dropout has var 1
       (ViT patch projection: (1-p_emb)/(T*fan_in) for unit-variance pixels);
