@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from deepscalelm import ModelConfig
 from deepscalelm.models import build_model
 from deepscalelm.optim import dslm_effective_depth, effective_depth, find_stacks, param_groups
+from deepscalelm.train import checkpoint as ck
 
 
 def _model(n_layers: int, arch: str = "decoder") -> torch.nn.Module:
@@ -108,8 +110,6 @@ def test_train_uses_the_parametrization(tmp_path) -> None:
                        threads=1)
     res = train(tmp_path / "run", mcfg, tcfg, progress=False)
     assert res.steps == 3 and math.isfinite(res.final["val_loss"])
-    from deepscalelm.train import checkpoint as ck
-    import json
 
     state = json.loads((ck.latest_checkpoint(tmp_path / "run") / "state.json").read_text())
     lrs = sorted({g["lr"] for g in state["optimizer"]["param_groups"]})

@@ -69,7 +69,8 @@ def find_stacks(model: nn.Module) -> list[list[nn.Module]]:
     for name, m in model.named_modules():
         if isinstance(getattr(m, "lam", None), float) and isinstance(getattr(m, "beta", None), float):
             parts = name.split(".")
-            cut = max((i for i, s in enumerate(parts) if s in ("layers", "h", "layer", "block")), default=len(parts) - 2)
+            marks = [i for i, s in enumerate(parts) if s in ("layers", "h", "layer", "block")]
+            cut = marks[-1] if marks else len(parts) - 2
             stacks.setdefault(".".join(parts[:cut]), []).append(m)
     return list(stacks.values())
 
