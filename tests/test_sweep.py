@@ -35,7 +35,8 @@ def test_grid_resume_and_plot(tmp_path: Path) -> None:
 
 
 def test_best_lr_counts_divergence_as_worst() -> None:
-    runs = [SweepRun("depth", 2, 1e-3, 0, 2.0, 2.1, 5, 1.0, "a"), SweepRun("depth", 2, 1e-2, 0, None, None, -1, 1.0, "b"),
+    runs = [SweepRun("depth", 2, 1e-3, 0, 2.0, 2.1, 5, 1.0, "a"),
+            SweepRun("depth", 2, 1e-2, 0, None, None, -1, 1.0, "b"),
             SweepRun("depth", 8, 1e-2, 0, None, None, -1, 1.0, "c")]
     best = best_lrs(runs)
     assert best["2"] == {"lr": 1e-3, "val_loss": 2.0}

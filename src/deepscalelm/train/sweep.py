@@ -134,7 +134,7 @@ def sweep(model: ModelConfig, train: TrainConfig, out: str | Path, *, lrs: Seque
                 last: dict[str, Any] = {}
                 try:
                     res = train_run(run_dir, m, t, progress=False, log=lambda _msg: None,
-                                    callbacks=[lambda _s, rec: last.update(rec)])
+                                    callbacks=[lambda _s, rec, last=last: last.update(rec)])
                     val, tr, steps = res.final.get("val_loss"), last.get("loss"), res.steps
                 except NonFiniteError:
                     val, tr, steps = None, None, -1
@@ -170,8 +170,8 @@ def plot_transfer(runs: Sequence[SweepRun], path: str | Path, title: str = "") -
             continue
         xs = sorted(by_lr)
         mean = [sum(by_lr[x]) / len(by_lr[x]) for x in xs]
-        lo = [m - min(by_lr[x]) for m, x in zip(mean, xs)]
-        hi = [max(by_lr[x]) - m for m, x in zip(mean, xs)]
+        lo = [m - min(by_lr[x]) for m, x in zip(mean, xs, strict=True)]
+        hi = [max(by_lr[x]) - m for m, x in zip(mean, xs, strict=True)]
         line = ax.errorbar(xs, mean, yerr=[lo, hi], marker="o", ms=4, capsize=2,
                            label=f"{'layers' if axis == 'depth' else 'd_model'} {value}")
         i = min(range(len(xs)), key=lambda j: mean[j])
