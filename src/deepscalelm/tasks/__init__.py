@@ -341,5 +341,7 @@ def load_task(name: str, data_dir: str | Path = "/work/shared/data") -> TaskData
                          "story truncated keeping its end")
 
 
+from .files import TASK_TYPES, load_files  # noqa: E402  (files.py builds on the readers above)
+
 __all__ = ["Example", "TaskData", "TASKS", "KINDS", "BOOLQ_SPLIT", "SPLIT_SEED", "load_task", "check_labels",
-           "read_sst2", "read_boolq", "read_dream", "read_babi"]
+           "read_sst2", "read_boolq", "read_dream", "read_babi", "load_files", "TASK_TYPES"]
