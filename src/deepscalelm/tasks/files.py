@@ -30,6 +30,7 @@ import io
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DSLMError
@@ -44,7 +45,24 @@ CSV_EXT = {".csv": ",", ".tsv": "\t"}
 DEV_FRAC = 0.1
 _INT = re.compile(r"^[+-]?\d+$")
 
-Record = tuple[int, dict[str, object], bool]  # (line, fields, typed: False for CSV strings)
+Record = tuple[int, dict[str, object]]  # (1-based line, fields)
+
+
+@dataclass(frozen=True)
+class Table:
+    """The records of one file. ``typed``: values keep their JSON types (False for CSV: all strings);
+    ``header`` and ``header_line``: the CSV header row and its line (None / 0 for JSON)."""
+
+    path: Path
+    records: list[Record]
+    typed: bool
+    header: tuple[str, ...] | None = None
+    header_line: int = 0
+
+    @property
+    def columns(self) -> list[str]:
+        """The header's columns (CSV) or the first record's keys (JSON)."""
+        return list(self.header) if self.header is not None else list(self.records[0][1]) if self.records else []
 
 
 def _read_text(path: Path) -> str:
@@ -56,7 +74,7 @@ def _read_text(path: Path) -> str:
         raise DSLMError(f"{path}: not UTF-8 text ({exc})") from None
 
 
-def _jsonl_records(path: Path, text: str) -> list[Record]:
+def _jsonl_table(path: Path, text: str) -> Table:
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         items = _json_array_items(path)
     else:
@@ -71,53 +89,44 @@ def _jsonl_records(path: Path, text: str) -> list[Record]:
     for line, rec in items:
         if not isinstance(rec, dict):
             raise DSLMError(f"{path}:{line}: expected a JSON object, got {type(rec).__name__}")
-    return [(line, rec, True) for line, rec in items]
+    return Table(path, list(items), typed=True)  # type: ignore[arg-type]  # all dicts, checked above
 
 
-def _csv_records(path: Path, text: str, delimiter: str) -> list[Record]:
+def _csv_table(path: Path, text: str, delimiter: str) -> Table:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     out: list[Record] = []
-    start = 1
+    start, header_line = 1, 0
     try:
         for row in reader:
             line, start = start, reader.line_num + 1
             if not row or all(not f.strip() for f in row):
                 continue
             if header is None:
-                header = [h.strip() for h in row]
+                header, header_line = [h.strip() for h in row], line
                 dup = sorted({h for h in header if header.count(h) > 1})
                 if dup:
                     raise DSLMError(f"{path}:{line}: duplicate column(s) {', '.join(dup)} in the header")
                 continue
             if len(row) != len(header):
                 raise DSLMError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
-            out.append((line, dict(zip(header, row, strict=True)), False))
+            out.append((line, dict(zip(header, row, strict=True))))
     except csv.Error as exc:
         raise DSLMError(f"{path}:{reader.line_num}: bad CSV ({exc})") from None
     if header is None:
         raise DSLMError(f"{path} is empty: expected a header row and examples")
-    if not out:  # keep the header's columns for type inference and error messages
-        out.append((0, {h: None for h in header}, False))
-    return out
+    return Table(path, out, typed=False, header=tuple(header), header_line=header_line)
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """(line, fields, typed) of every record of a JSONL/JSON/CSV/TSV file, by its extension.
-
-    ``typed`` is True for JSON (values keep their JSON types) and False for CSV (all strings). A CSV
-    file with a header but no rows gives one placeholder record with line 0 and None values.
-    """
+def read_table(path: str | Path) -> Table:
+    """The records of a JSONL/JSON/CSV/TSV file, by its extension; DSLMError for a malformed line."""
     path = Path(path).expanduser()
     ext = path.suffix.lower()
     if ext not in JSONL_EXT and ext not in CSV_EXT:
         raise DSLMError(f"{path}: unknown file type {ext or '(none)'!r}; use one of "
                         f"{', '.join(JSONL_EXT + tuple(CSV_EXT))}")
     text = _read_text(path)
-    recs = _jsonl_records(path, text) if ext in JSONL_EXT else _csv_records(path, text, CSV_EXT[ext])
-    if not recs:
-        raise DSLMError(f"{path} holds no examples")
-    return recs
+    return _jsonl_table(path, text) if ext in JSONL_EXT else _csv_table(path, text, CSV_EXT[ext])
 
 
 def infer_task_type(columns: Sequence[str], where: str) -> str:
@@ -201,16 +210,19 @@ def sort_labels(keys: set[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- files
-def _read_file(path: Path, task_type: str) -> list[tuple[Example, str | None]]:
+def _read_file(table: Table, task_type: str) -> list[tuple[Example, str | None]]:
     """(example, label key) per row; classification examples carry label -1 until mapped."""
+    path, typed = table.path, table.typed
+    if table.header is not None:  # CSV: a missing column is an error of the header line
+        for key in COLUMNS[task_type]:
+            if key not in table.header:
+                raise DSLMError(f"{path}:{table.header_line}: missing column {key!r} "
+                                f"(columns: {', '.join(table.header)})")
+    if not table.records:
+        raise DSLMError(f"{path} holds no examples")
     out: list[tuple[Example, str | None]] = []
-    for line, rec, typed in read_records(path):
+    for line, rec in table.records:
         where = f"{path}:{line}"
-        if line == 0:  # header-only CSV: name the missing column, else report no examples
-            for key in COLUMNS[task_type]:
-                if key not in rec:
-                    raise DSLMError(f"{path}:1: missing column {key!r} (columns: {', '.join(rec)})")
-            raise DSLMError(f"{path} holds no examples")
         if task_type == "choice":
             choices = _choices(rec, typed, where)
             ctx = rec.get("context")
@@ -261,11 +273,13 @@ def load_files(train: str | Path | None, dev: str | Path | None = None, test: st
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
     if not 0.0 < dev_frac < 1.0:
         raise ValueError(f"dev_frac must be in (0, 1), got {dev_frac!r}")
+    tables = {s: read_table(p) for s, p in paths.items()}
     first = next(iter(paths.values()))
     if task_type is None:
-        line, rec, _ = read_records(first)[0]
-        task_type = infer_task_type(list(rec), f"{first}:{max(line, 1)}")
-    rows = {s: _read_file(p, task_type) for s, p in paths.items()}
+        t = tables[next(iter(tables))]
+        line = t.header_line or (t.records[0][0] if t.records else 1)
+        task_type = infer_task_type(t.columns, f"{first}:{line}")
+    rows = {s: _read_file(t, task_type) for s, t in tables.items()}
     kind = "multiple_choice" if task_type == "choice" else "classification"
     if kind == "multiple_choice":
         ref = rows[next(iter(rows))][0][0]
@@ -301,4 +315,4 @@ def load_files(train: str | Path | None, dev: str | Path | None = None, test: st
     return TaskData(first.stem, kind, n_labels, splits, names, truncate="head", note=note)
 
 
-__all__ = ["TASK_TYPES", "COLUMNS", "DEV_FRAC", "load_files", "read_records", "infer_task_type", "sort_labels"]
+__all__ = ["TASK_TYPES", "COLUMNS", "DEV_FRAC", "load_files", "read_table", "Table", "infer_task_type", "sort_labels"]
