@@ -302,7 +302,10 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
              cfg: FinetuneConfig | None = None, *, data_dir: str | Path = "/work/shared/data",
              subset: dict[str, int | None] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune `checkpoint` (path to a pretrained checkpoint or run directory) on `task` (a name of
-    `deepscalelm.tasks.TASKS` read from `data_dir`, or a `TaskData`) with the grid of `cfg`.
+    `deepscalelm.tasks.TASKS` read from `data_dir`, or a `TaskData`, e.g. the user's own files read by
+    `deepscalelm.tasks.load_files`) with the grid of `cfg`. ``cfg.max_len`` above the checkpoint's
+    ``seq_len`` is lowered to it (a logged note). A task without a test split is scored on dev only:
+    ``test_mean``, ``test_std``, ``majority_test_acc`` and every run's ``test_acc`` are then None.
 
     ``subset`` cuts splits to seeded random subsets (e.g. ``{"train": 500, "dev": 200, "test": 500}``).
     Returns the results dict (also written to ``out/results.json`` when `out` is given): per-run dev

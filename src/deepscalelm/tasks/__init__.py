@@ -3,6 +3,8 @@
 Every reader returns plain `Example` records and raises `DSLMError` naming the file and the line
 (1-based) of the first malformed record, so a broken data file is found at once. `load_task` assembles
 a `TaskData` (train / dev / test splits, the head it needs, a note on how the splits were made).
+The user's own classification, text-pair and multiple-choice files are read by `load_files`
+(`deepscalelm.tasks.files`).
 
 Task formats (see ``/work/shared/data/*/SOURCE.md``):
 
