@@ -207,3 +207,11 @@ def test_max_len_is_clamped_to_seq_len_with_a_note(tmp_path: Path) -> None:
     assert res["config"]["max_len"] == 16
     ev = evaluate_checkpoint(tmp_path / "ft" / res["runs"][0]["checkpoint"], toy_classification(32))
     assert ev["accuracy"] == pytest.approx(res["runs"][0]["test_acc"])
+
+
+def test_tsv_with_bom_and_multiline_rows_keep_line_numbers(tmp_path: Path) -> None:
+    f = tmp_path / "s.tsv"
+    f.write_text('\ufefftext\tlabel\n\n"two\nlines"\tb\none\ta\n', encoding="utf-8")
+    td = load_files(f, dev=f)
+    assert [(e.where, e.text, e.label) for e in td.splits["train"]] == [
+        (f"{f}:3", "two\nlines", 1), (f"{f}:5", "one", 0)]
