@@ -3,6 +3,8 @@
 Every reader returns plain `Example` records and raises `DSLMError` naming the file and the line
 (1-based) of the first malformed record, so a broken data file is found at once. `load_task` assembles
 a `TaskData` (train / dev / test splits, the head it needs, a note on how the splits were made).
+The user's own classification, text-pair and multiple-choice files are read by `load_files`
+(`deepscalelm.tasks.files`).
 
 Task formats (where to fetch each: `deepscalelm.datasets` and docs/data.md):
 
@@ -342,5 +344,7 @@ def load_task(name: str, data_dir: str | Path | None = None) -> TaskData:
                          "story truncated keeping its end")
 
 
+from .files import TASK_TYPES, load_files  # noqa: E402  (files.py builds on the readers above)
+
 __all__ = ["Example", "TaskData", "TASKS", "KINDS", "BOOLQ_SPLIT", "SPLIT_SEED", "load_task", "check_labels",
-           "read_sst2", "read_boolq", "read_dream", "read_babi"]
+           "read_sst2", "read_boolq", "read_dream", "read_babi", "load_files", "TASK_TYPES"]
