@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import Log, setup, shakespeare_bytes
+
 from deepscalelm import ModelConfig, measure
 from deepscalelm.models import build_model
 from deepscalelm.train import TrainConfig
