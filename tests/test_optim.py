@@ -85,7 +85,7 @@ def test_width_rule_and_bad_input() -> None:
     fc2 = next(g for g in groups if any(n.endswith("ffn.fc2.weight") or n.endswith("ffn.w2.weight")
                                        for n in g["names"]))
     assert fc2["lr"] == pytest.approx(8 / 64)  # fan-in d_ff = 64
-    with pytest.raises(ValueError, match="parametrization must be one of standard, dslm"):
+    with pytest.raises(ValueError, match="parametrization must be one of standard, dslm, completep"):
         param_groups(m, 1.0, "mup")
     with pytest.raises(ValueError, match="lr must be"):
         param_groups(m, float("nan"))
@@ -117,3 +117,18 @@ def test_train_uses_the_parametrization(tmp_path) -> None:
                                                                        / dslm_effective_depth(16), rel=1e-6)
     with pytest.raises(ValueError, match="parametrization must be one of"):
         TrainConfig(parametrization="mup")
+
+
+def test_completep_scheme_and_rule() -> None:
+    from deepscalelm.theory.schemes import get_scheme
+
+    cfg = ModelConfig(n_layers=16, d_model=16, n_heads=2, seq_len=8, vocab_size=32, scheme="completep")
+    s = get_scheme(cfg)
+    assert set(s.merges.values()) == {(1.0, 4 / 32)}
+    assert s.var("layers.0.ffn.fc2.weight") == pytest.approx(1 / 64) and s.var("tok_emb.weight") == pytest.approx(0.45)
+    m = build_model(cfg)
+    groups = param_groups(m, 1e-2, "completep")
+    _covered_once(m, groups)
+    assert {g["lr"] for g in groups} == {1e-2}
+    assert sorted({g["eps"] for g in groups}) == pytest.approx([1e-8 * 4 / 32, 1e-8])
+    assert get_scheme(cfg.replace(n_layers=2)).merges["layers.0.attn"] == (1.0, 1.0)

@@ -19,7 +19,7 @@ GATED_ACTIVATIONS = ("swiglu", "geglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
 QK_NORMS = (None, "rmsnorm", "layernorm")
-SCHEMES = ("dslm", "xavier", "normal", "gpt2", "deepnet")
+SCHEMES = ("dslm", "xavier", "normal", "gpt2", "deepnet", "completep")
 DEPTH_UNITS = ("blocks", "layers")
 
 

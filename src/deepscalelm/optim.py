@@ -29,6 +29,11 @@ at every depth. Weight decay is decoupled (AdamW: p <- p - lr * wd * p per step)
 parameter and depth. With ``base_width`` set, matrices inside blocks are also scaled by
 ``base_width / fan_in`` (the width rule of muP for Adam: a step moves y = x W by ~ lr * fan_in).
 
+``"completep"`` is the learning-rate rule of CompleteP (Dey et al., arXiv 2505.01618) with alpha = 1,
+for models initialised with the ``completep`` scheme (branch multiplier 1/L): block rates independent
+of depth (the 1/L multiplier already makes the D above depth-independent), eps scaled by the branch
+multiplier, and with ``base_width`` the same width rule.
+
 Assumptions: unit moments at initialisation (a DSLM model, or one made stable with
 `deepscalelm.apply`); on other schemes the merge coefficients are read all the same, but the
 stream's growth is not accounted for. Residual blocks are found as modules with float attributes
@@ -42,7 +47,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-PARAMETRIZATIONS = ("standard", "dslm")
+PARAMETRIZATIONS = ("standard", "dslm", "completep")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 if hasattr(nn, "RMSNorm"):
     _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
@@ -99,9 +104,11 @@ def param_groups(model: nn.Module, lr: float, parametrization: str = "standard",
     norm_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
     # (lr_scale, eps_scale) per parameter inside a block
     scale: dict[int, tuple[float, float]] = {}
-    if parametrization == "dslm":
+    if parametrization != "standard":
+        # dslm: rates divided by D / D_ref; completep (alpha = 1): depth-independent rates; both scale
+        # eps by beta relative to the reference depth's beta (DSLM: sqrt(2/N_0); CompleteP: 1)
         ref_d = dslm_effective_depth(base_depth)
-        ref_beta = math.sqrt(min(1.0, 2.0 / base_depth))
+        ref_beta = math.sqrt(min(1.0, 2.0 / base_depth)) if parametrization == "dslm" else 1.0
         for stack in (find_stacks(model) if blocks is None else blocks):
             for m in stack:
                 if not hasattr(m, "lam") or not hasattr(m, "beta"):
@@ -110,7 +117,7 @@ def param_groups(model: nn.Module, lr: float, parametrization: str = "standard",
             depth = effective_depth((float(m.lam), float(m.beta)) for m in stack)
             for m in stack:
                 for p in m.parameters():
-                    s = ref_d / depth if depth > 0 else 1.0
+                    s = ref_d / depth if depth > 0 and parametrization == "dslm" else 1.0
                     if base_width is not None and _is_decayed(p, norm_ids):
                         s *= base_width / p.shape[-1]
                     scale[id(p)] = (s, float(m.beta) / ref_beta)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the config's seed)")
     p.add_argument("--max-steps", type=int, help="optimizer steps per run")
     p.add_argument("--scheme", help="model.scheme (dslm, xavier, normal, gpt2, deepnet)")
-    p.add_argument("--parametrization", choices=["standard", "dslm"], help="optimiser parametrisation")
+    p.add_argument("--parametrization", choices=["standard", "dslm", "completep"], help="optimiser parametrisation")
     p.add_argument("--out", metavar="DIR", required=True, help="sweep directory (runs, sweep.json, transfer.png)")
     p.set_defaults(func=run)
 

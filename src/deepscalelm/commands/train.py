@@ -46,7 +46,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute layer activations in the backward pass (less memory)")
     p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP (under torchrun)")
-    p.add_argument("--parametrization", choices=["standard", "dslm"],
+    p.add_argument("--parametrization", choices=["standard", "dslm", "completep"],
                    help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
                         "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")

@@ -20,6 +20,8 @@ Schemes:
   decoder-only (M layers): alpha=(2M)^(1/4), beta_d=(8M)^(-1/4); encoder-decoder: encoder
   alpha=0.81(N^4 M)^(1/16), beta_d=0.87(N^4 M)^(-1/16); decoder alpha=(3M)^(1/4),
   beta_d=(12M)^(-1/4). Embeddings 1/d.
+* ``completep`` CompleteP (Dey et al. 2025), alpha = 1: merges (1, min(1, 4/N)), matrices 1/fan_in,
+  unit-variance embeddings; see `completep`.
 """
 
 from __future__ import annotations
@@ -257,8 +259,42 @@ def dslm(config: ModelConfig) -> Scheme:
     return scheme
 
 
+#: residual blocks of the reference depth of `completep` (a 2-layer decoder), where its multiplier is 1
+COMPLETEP_BASE_BLOCKS = 4
+
+
+def completep(config: ModelConfig) -> Scheme:
+    """CompleteP (Dey et al., NeurIPS 2025, arXiv 2505.01618) with alpha = 1, as an initialisation.
+
+    * merges (1, beta) with beta = min(1, N_0 / N): the branch multiplier 1/L of CompleteP, relative to
+      the reference depth N_0 = `COMPLETEP_BASE_BLOCKS` residual blocks (N: the residual blocks of the
+      stack), so a 2-layer model is the plain residual network;
+    * every matrix of the blocks and every head 1/fan_in (unit-gain projections, the muP/CompleteP
+      hidden init at the model's own width); embeddings (1-p_emb)/T, so the embedding has unit
+      variance as in `dslm`; tied LM head scaled by 1/sqrt(d * sigma_tok^2) (unit-variance logits).
+
+    Its learning-rate rule (hidden rates independent of depth for alpha = 1, Adam eps scaled by the
+    branch multiplier) is the ``"completep"`` parametrisation of `deepscalelm.optim.param_groups`.
+    """
+    t = n_embedding_tables(config)
+    emb_var = (1.0 - config.emb_p) / t
+    wv: dict[str, float] = {}
+    for n, (_rows, cols) in weight_shapes(config).items():
+        if n == "patch_emb.weight":
+            wv[n] = emb_var / cols
+        elif "emb" in n or n == "cls_token":
+            wv[n] = emb_var
+        else:
+            wv[n] = 1.0 / cols
+    merges = {m: (1.0, min(1.0, COMPLETEP_BASE_BLOCKS / _n_blocks(config, _stack_of(m))))
+              for m in merge_names(config)}
+    tied = config.tie_embeddings and config.arch != "vit"
+    scales = {"head_scale": 1.0 / math.sqrt(config.d_model * emb_var) if tied else 1.0}
+    return Scheme("completep", wv, merges, scales)
+
+
 SCHEME_FUNCTIONS: dict[str, Callable[[ModelConfig], Scheme]] = {
-    "dslm": dslm, "xavier": xavier, "normal": normal, "gpt2": gpt2, "deepnet": deepnet,
+    "dslm": dslm, "xavier": xavier, "normal": normal, "gpt2": gpt2, "deepnet": deepnet, "completep": completep,
 }
 
 
@@ -270,5 +306,5 @@ def get_scheme(config: ModelConfig, name: str | None = None) -> Scheme:
     return SCHEME_FUNCTIONS[name](config)
 
 
-__all__ = ["Scheme", "get_scheme", "dslm", "xavier", "normal", "gpt2", "deepnet", "dslm_beta2",
+__all__ = ["Scheme", "get_scheme", "dslm", "xavier", "normal", "gpt2", "deepnet", "completep", "dslm_beta2",
            "embedding_corr", "deepnet_constants", "SCHEME_FUNCTIONS", "GELU_SECOND_MOMENT"]

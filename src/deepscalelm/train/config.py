@@ -23,7 +23,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECAYS = ("cosine", "linear", "constant")
 ON_NAN = ("stop", "skip")
 #: optimiser parametrisations (`deepscalelm.optim`): one lr for all, or depth-aware block rates
-PARAMETRIZATIONS = ("standard", "dslm")
+PARAMETRIZATIONS = ("standard", "dslm", "completep")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class TrainConfig(DictConfig):
     * ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, fp32 on CPU.
     * ``parametrization``: ``standard`` (one lr for every parameter) or ``dslm`` (rates of the residual
       blocks' parameters divided by the stack's effective depth relative to a 2-layer model, so a
-      learning rate transfers across depth; see `deepscalelm.optim`).
+      learning rate transfers across depth) or ``completep`` (CompleteP's rule for the ``completep``
+      scheme); see `deepscalelm.optim`.
     * ``on_nan``: ``stop`` (report and stop, keeping the last good checkpoint) or ``skip`` the step.
     * ``threads``: torch CPU threads per process; 0 = automatic when the run is created (the cores not
       already busy by the 1-minute load average, at least 1, at most torch's default) and then stored
