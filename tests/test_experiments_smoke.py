@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / "experiments"
-SCRIPTS = sorted(p.name for p in EXP.glob("s[0-9]_*.py"))
+SCRIPTS = sorted(p.name for p in EXP.glob("s[0-9]*_*.py"))
 
 
 def _run(args, tmp_path, timeout=120):
