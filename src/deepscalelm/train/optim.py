@@ -8,7 +8,7 @@ from torch import nn
 
 from .config import TrainConfig
 
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
+_NORM_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
