@@ -46,7 +46,7 @@ def _absent_in_model(name: str, config: ModelConfig) -> bool:
     return name.endswith("pos_emb.weight") and config.position != "learned"
 
 
-def scheme_weight_variances(scheme: Scheme, config: ModelConfig, names: "list[str]") -> dict[str, float]:
+def scheme_weight_variances(scheme: Scheme, config: ModelConfig, names: list[str]) -> dict[str, float]:
     """The init variance of every weight in ``names`` under ``scheme``: the one lookup of `apply_scheme`.
 
     * A name in ``scheme.weight_var`` gets that variance.

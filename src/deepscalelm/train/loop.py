@@ -488,7 +488,8 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
 
     metrics = Metrics(out, d.main, step if resume else None)
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
-    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, scheme {mcfg.scheme}, "
+    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, "
+        f"scheme {mcfg.scheme}, "
         f"{n_params / 1e6:.2f}M parameters; device {device}"
         f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, {d.world} process(es), "
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
