@@ -1,7 +1,8 @@
 """Building blocks shared by every model family: residual blocks, layers, a token stack.
 
 A residual block owns its norm (LayerNorm or RMSNorm, ``ModelConfig.norm_type``), its sublayer F
-(attention, cross-attention or FFN), the dropout on F's output and the merge coefficients ``lam`` / ``beta`` (python floats set by the scheme):
+(attention, cross-attention or FFN), the dropout on F's output and the merge coefficients ``lam`` /
+``beta`` (python floats set by the scheme):
 
 * Pre-LN:  ``x <- lam * x + beta * drop(F(LN(x)))``
 * Post-LN: ``x <- LN(lam * x + beta * drop(F(x)))``
