@@ -72,7 +72,8 @@ class HeadTransform(nn.Module):
 
     Rotary positions are the token indices 0..L-1 of the sequence; the tables are recomputed per call
     (L x d_head values, no buffers, so meta-device construction needs no special handling). The norm
-    runs in float32 and its output is cast back to the input dtype (a no-op for float32 models).
+    runs in its parameters' dtype (float32 under autocast) and its output is cast back to the input
+    dtype (a no-op when the two agree).
     """
 
     def __init__(self, n_heads: int, d_head: int, norm: str | None, rope: bool, rope_base: float,
@@ -86,8 +87,8 @@ class HeadTransform(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, _ = x.shape
         h = x.view(B, L, self.n_heads, self.d_head)
-        if self.norm is not None:  # in float32 (as autocast does for the block norms), back to h's dtype
-            h = self.norm(h.float()).to(x.dtype)
+        if self.norm is not None:  # in the norm's dtype (float32 under autocast), back to the input dtype
+            h = self.norm(h.to(self.norm.weight.dtype)).to(x.dtype)
         if self.rope:
             cos, sin = rope_tables(L, self.d_head, self.rope_base, device=x.device, dtype=h.dtype)
             h = apply_rope(h, cos, sin)
