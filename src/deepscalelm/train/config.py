@@ -166,6 +166,14 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "shakespeare-t5": (dict(_DEEP, arch="encoder-decoder", n_layers=12, n_decoder_layers=12,
                             d_model=64, n_heads=4, seq_len=128),
                        dict(batch_size=16, max_steps=300, warmup_steps=30, sample_tokens=0)),
+    # a Llama-shaped byte-level decoder: pre-RMSNorm, SwiGLU (d_ff ~ 8/3 d), rotary positions,
+    # grouped-query attention (2 K/V heads for 4 query heads), no biases, no dropout, Llama's
+    # N(0, 0.02^2) init; about the cost of shakespeare-deep per step
+    "llama": (dict(arch="decoder", norm="pre", norm_type="rmsnorm", activation="swiglu", position="rope",
+                   n_layers=16, d_model=64, n_heads=4, n_kv_heads=2, d_ff=176, seq_len=64, vocab_size=256,
+                   bias=False, dropout=0.0, attn_dropout=0.0, scheme="normal", std=0.02),
+              dict(batch_size=8, max_steps=500, warmup_steps=50, eval_interval=100, eval_batches=8,
+                   ckpt_interval=100, lr=2e-3)),
     # ViT on Fashion-MNIST (pass --data DIR with the IDX .gz files)
     "fashion-vit": (dict(arch="vit", n_layers=12, d_model=64, n_heads=4, image_size=28, patch_size=4,
                          channels=1, n_classes=10, dropout=0.1, attn_dropout=0.1, scheme="dslm"),

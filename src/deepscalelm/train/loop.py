@@ -372,6 +372,21 @@ def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, ex
     return stored_m, stored_t.replace(**allowed)
 
 
+
+def _block_summary(mcfg: ModelConfig) -> str:
+    """``"pre-LN"`` / ``"post-LN"`` for the paper's blocks, plus the non-default block options
+    (e.g. ``"pre-RMSNorm, swiglu, rope, 2 kv heads"``)."""
+    parts = [f"{mcfg.norm}-{'RMSNorm' if mcfg.norm_type == 'rmsnorm' else 'LN'}"]
+    if mcfg.activation in ("silu", "swiglu", "geglu"):
+        parts.append(mcfg.activation)
+    if mcfg.position != "learned":
+        parts.append(f"{mcfg.position} positions" if mcfg.position == "none" else "rope")
+    if mcfg.kv_heads != mcfg.n_heads:
+        parts.append(f"{mcfg.kv_heads} kv heads")
+    if mcfg.qk_norm is not None:
+        parts.append(f"qk-{mcfg.qk_norm}")
+    return ", ".join(parts)
+
 def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig, *, resume: bool = False,
           explicit_config: bool = True, factory: ModelFactory | None = None, progress: bool = True,
           log: Callable[[str], None] = print,
@@ -475,7 +490,8 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
 
     metrics = Metrics(out, d.main, step if resume else None)
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
-    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {mcfg.norm}-LN, scheme {mcfg.scheme}, "
+    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, "
+        f"scheme {mcfg.scheme}, "
         f"{n_params / 1e6:.2f}M parameters; device {device}"
         f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, {d.world} process(es), "
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
