@@ -15,7 +15,7 @@ model is sharded with FSDP2 and checkpointed shard-wise (`deepscalelm.train.shar
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
 import time
@@ -34,10 +34,12 @@ from ..errors import DSLMError
 from . import checkpoint as ck
 from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
 from .guard import NonFiniteError, locate_nonfinite
+from .metrics import Metrics
 from .optim import lr_at, param_groups
 from .run import RunData, check_out_dir, open_run, prepare_run, read_run
 
 ModelFactory = Callable[[ModelConfig], nn.Module]
+logger = logging.getLogger(__name__)
 
 
 def default_factory(config: ModelConfig) -> nn.Module:
@@ -318,55 +320,6 @@ def _rng_tensors(d: Dist) -> dict[str, torch.Tensor]:
     return out
 
 
-# -------------------------------------------------------------------------------------- logging
-class Metrics:
-    """metrics.jsonl (always) plus TensorBoard scalars when `tensorboard` is installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.fh = None
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():
-            # drop records written after the checkpoint we resume from: the curve continues cleanly
-            keep = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if rec.get("step", 0) <= resume_step:
-                    keep.append(line)
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-            os.replace(tmp, self.path)
-        self.fh = open(self.path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:  # tensorboard not installed (optional extra)
-            self.tb = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled or self.fh is None:
-            return
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 # ------------------------------------------------------------------------------------- training
 @dataclass
 class TrainResult:
@@ -403,14 +356,16 @@ def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, ex
 
 def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig, *, resume: bool = False,
           explicit_config: bool = True, factory: ModelFactory | None = None, progress: bool = True,
-          log: Callable[[str], None] = print,
+          log: Callable[[str], None] | None = None,
           callbacks: Iterable[Callable[[int, dict[str, Any]], None]] = ()) -> TrainResult:
     """Train (or resume) the run in `out`; returns a summary.
 
     `callbacks` are called as ``cb(step, record)`` after every optimizer step (used by tests to kill
     the process mid-run). `explicit_config` says whether the caller chose the configs (then they must
-    match a resumed run) or just wants the stored ones.
+    match a resumed run) or just wants the stored ones. Progress messages go to `log` (default: the
+    ``deepscalelm.train.loop`` logger at INFO level), on rank 0 only.
     """
+    user_log, log = log, log or logger.info
     out = Path(out)
     factory = factory or default_factory
     d = setup_dist(train_config.device)
@@ -432,9 +387,13 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     if per_rank % micro:
         raise DSLMError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
     accum = per_rank // micro
+    if train_config.wandb and d.main:
+        from .metrics import require_wandb
+
+        require_wandb()
     if not resume and d.main:
         check_out_dir(out, resume=False)
-        prepare_run(out, model_config, train_config, log=say)
+        prepare_run(out, model_config, train_config, log=user_log)  # None: run.py's own logger
     _barrier(d)
     rd: RunData = open_run(out, train_config)
     mcfg, tcfg, objective = rd.model_config, rd.train_config, rd.objective
@@ -503,7 +462,9 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
         torch.manual_seed(tcfg.seed + 1 + d.rank)
     fwd_model: nn.Module = torch.compile(model) if tcfg.compile else model
 
-    metrics = Metrics(out, d.main, step if resume else None)
+    metrics = Metrics(out, d.main, step if resume else None,
+                      wandb_project=tcfg.wandb_project if tcfg.wandb else None,
+                      config={"model": mcfg.to_dict(), "train": tcfg.to_dict(), "world_size": d.world})
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
     say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {mcfg.norm}-LN, scheme {mcfg.scheme}, "
         f"{n_params / 1e6:.2f}M parameters; device {device}"
