@@ -128,3 +128,19 @@ def test_sharded_checkpoint_refuses_other_world_sizes(world, sharded, match):
         check_resumable(Path("ckpt"), state, world, sharded)
     check_resumable(Path("ckpt"), state, 2, True)
     check_resumable(Path("ckpt"), {"world_size": 2}, world, sharded)  # full checkpoints resume anywhere
+
+
+@pytest.mark.parametrize(("n", "world", "micro"), [(5, 2, 2), (1, 2, 4), (8, 2, 4), (7, 3, 1)])
+def test_eval_chunks_cover_each_row_once_with_equal_forward_counts(n, world, micro):
+    import numpy as np
+
+    from deepscalelm.train.loop import Dist, _eval_chunks
+
+    batch = {"ids": np.arange(n)[:, None], "labels": np.arange(n)}
+    seen, counts = [], set()
+    for rank in range(world):
+        chunks = list(_eval_chunks(batch, Dist(rank=rank, world=world), micro))
+        counts.add(len(chunks))
+        assert all(0 < len(c["labels"]) <= micro for c, _ in chunks)
+        seen += [int(x) for c, real in chunks if real for x in c["labels"]]
+    assert sorted(seen) == list(range(n)) and len(counts) == 1  # FSDP needs the same forwards on every rank
