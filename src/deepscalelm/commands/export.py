@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="write a checkpoint's weights to one .safetensors file (for inference)",
                        description="Export the model weights of CHECKPOINT (a checkpoint directory, or a run "
                                    "directory for its newest checkpoint; sharded FSDP checkpoints are assembled "

@@ -30,7 +30,7 @@ WANDB_ID_FILE = "wandb_id.txt"
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (lines cut by a kill are skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.is_file():
         return out
     for line in path.read_text(encoding="utf-8").splitlines():

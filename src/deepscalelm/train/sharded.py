@@ -71,7 +71,7 @@ def build_sharded(config: ModelConfig, device: torch.device,
         if activation_checkpointing:
             if not hasattr(model, "set_activation_checkpointing"):
                 raise DSLMError("this model does not support activation checkpointing")
-            model.set_activation_checkpointing(True)
+            model.set_activation_checkpointing(True)  # type: ignore[operator]
         shard_layers(model, device.type)
 
     if factory is None:
@@ -97,8 +97,8 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
     Returns the checkpoint directory on rank 0, None elsewhere.
     """
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     root = run_dir / "checkpoints"
     name: list[str | None] = [None]
@@ -111,7 +111,7 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
     tmp = Path(str(name[0]))
     try:
         msd, osd = get_state_dict(model, optimizer)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / SHARDED_DIR))
+        dcp_save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / SHARDED_DIR))
         if not main:
             return None
         ck.save_tensors(rng_states, tmp / RNG_FILE)
@@ -149,10 +149,10 @@ def check_resumable(ckpt: Path, state: Mapping[str, Any], world: int, sharded: b
 
 
 def _dcp_load(state: dict[str, Any], ckpt: Path, no_dist: bool) -> None:
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
     try:
-        dcp.load(state, checkpoint_id=str(ckpt / SHARDED_DIR), no_dist=no_dist)
+        dcp_load(state, checkpoint_id=str(ckpt / SHARDED_DIR), no_dist=no_dist)
     except Exception as exc:  # DCP wraps per-rank failures in CheckpointException
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DSLMError(f"cannot read the sharded checkpoint {ckpt} (it does not fit this model or is "
