@@ -17,7 +17,7 @@ from typing import Sequence
 from .errors import DSLMError
 
 # subcommand modules in the order `dslm --help` lists them; a module missing here is skipped
-COMMANDS = ("predict", "validate", "check", "train", "sample", "eval", "export", "finetune")
+COMMANDS = ("predict", "validate", "check", "train", "sweep", "sample", "eval", "export", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:

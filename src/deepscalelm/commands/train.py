@@ -47,6 +47,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute layer activations in the backward pass (less memory)")
     p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP (under torchrun)")
+    p.add_argument("--parametrization", choices=["standard", "dslm", "completep"],
+                   help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
+                        "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="also log metrics to Weights & Biases (needs wandb; WANDB_MODE=offline works)")
@@ -61,7 +64,8 @@ _FLAGS = {  # argparse dest -> config key
     "seed": "train.seed", "seq_len": "model.seq_len", "n_layers": "model.n_layers", "d_model": "model.d_model",
     "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
-    "fsdp": "train.fsdp", "on_nan": "train.on_nan", "wandb": "train.wandb", "wandb_project": "train.wandb_project",
+    "fsdp": "train.fsdp", "on_nan": "train.on_nan", "parametrization": "train.parametrization",
+    "wandb": "train.wandb", "wandb_project": "train.wandb_project",
 }
 
 

@@ -22,6 +22,8 @@ from ..errors import DSLMError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECAYS = ("cosine", "linear", "constant")
 ON_NAN = ("stop", "skip")
+#: optimiser parametrisations (`deepscalelm.optim`): one lr for all, or depth-aware block rates
+PARAMETRIZATIONS = ("standard", "dslm", "completep")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class TrainConfig(DictConfig):
     * ``warmup_steps`` linear warm-up from 0, then ``decay`` to ``min_lr_ratio * lr`` at ``max_steps``.
     * ``grad_clip``: max global L2 norm of the gradient (0 = off).
     * ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, fp32 on CPU.
+    * ``parametrization``: ``standard`` (one lr for every parameter) or ``dslm`` (rates of the residual
+      blocks' parameters divided by the stack's effective depth relative to a 2-layer model, so a
+      learning rate transfers across depth) or ``completep`` (CompleteP's rule for the ``completep``
+      scheme); see `deepscalelm.optim`.
     * ``on_nan``: ``stop`` (report and stop, keeping the last good checkpoint) or ``skip`` the step.
     * ``tokenizer``: ``byte``, ``word`` or ``bpe`` (trained on the training split), or the path of an
       existing Hugging Face ``tokenizer.json`` (GPT-2 or Llama style), used as it is.
@@ -75,6 +81,7 @@ class TrainConfig(DictConfig):
     activation_checkpointing: bool = False
     fsdp: bool = False
     on_nan: str = "stop"
+    parametrization: str = "standard"
     eval_interval: int = 100
     eval_batches: int = 20
     ckpt_interval: int = 100
@@ -117,6 +124,7 @@ class TrainConfig(DictConfig):
         choice("precision", PRECISIONS)
         choice("decay", DECAYS)
         choice("on_nan", ON_NAN)
+        choice("parametrization", PARAMETRIZATIONS)
         for name in ("batch_size", "max_steps", "eval_interval", "eval_batches", "ckpt_interval",
                      "keep_checkpoints", "log_interval", "bpe_vocab_size"):
             pos_int(name)

@@ -31,11 +31,12 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.objectives import IGNORE, bits_per_byte, rows
 from ..errors import DSLMError
+from ..optim import param_groups as depth_param_groups
 from . import checkpoint as ck
 from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
 from .guard import NonFiniteError, locate_nonfinite
 from .metrics import Metrics
-from .optim import lr_at, param_groups
+from .optim import lr_at
 from .run import RunData, check_out_dir, open_run, prepare_run, read_run
 
 ModelFactory = Callable[[ModelConfig], nn.Module]
@@ -423,8 +424,9 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     elif tcfg.fsdp and not d.enabled:
         say("note: --fsdp has no effect in a single process (run under torchrun)")
     n_params = sum(p.numel() for p in raw.parameters())
-    optimizer = torch.optim.AdamW(param_groups(raw, tcfg.weight_decay), lr=tcfg.lr,
-                                  betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+    optimizer = torch.optim.AdamW(depth_param_groups(raw, tcfg.lr, tcfg.parametrization,
+                                                     weight_decay=tcfg.weight_decay, eps=tcfg.eps),
+                                  lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
     scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
     step = 0
     if resume:
@@ -509,7 +511,7 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
             s = step + 1
             lr = lr_at(s, tcfg)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             global_batch = rd.train.batch(s, tcfg.batch_size)
             mine = rows(global_batch, d.rank * per_rank, (d.rank + 1) * per_rank)
             loss_acc = torch.zeros((), device=device)
