@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
 from .errors import DSLMError
 
 # subcommand modules in the order `dslm --help` lists them; a module missing here is skipped
-COMMANDS = ("predict", "validate", "check", "train", "sweep", "sample", "eval", "finetune")
+COMMANDS = ("predict", "validate", "check", "train", "sweep", "sample", "eval", "export", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ConsoleHandler(logging.Handler):
+    """Messages of the library's loggers as plain lines: INFO to stdout, WARNING and above to stderr.
+
+    Writes to the current ``sys.stdout``/``sys.stderr`` at each call (so redirections and test
+    capture see them).
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # a closed stream must not crash the command
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Show the ``deepscalelm`` loggers' messages on the console (once per process)."""
+    lib = logging.getLogger("deepscalelm")
+    if not any(isinstance(h, _ConsoleHandler) for h in lib.handlers):
+        lib.addHandler(_ConsoleHandler())
+    lib.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

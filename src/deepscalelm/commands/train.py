@@ -28,7 +28,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--data", metavar="PATH", help="text file, directory of text files, PTB directory "
                    "(ptb.{train,valid,test}.txt) or Fashion-MNIST directory (vit)")
-    p.add_argument("--tokenizer", choices=["byte", "word", "bpe"], help="tokenizer (default byte)")
+    p.add_argument("--tokenizer", metavar="KIND|FILE", help="byte (default), word, bpe, or an existing Hugging "
+                   "Face tokenizer.json (GPT-2 or Llama style) to use instead of training one")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument("--batch-size", type=int, help="sequences per optimizer step over all processes")
     p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass (gradient accumulation)")
@@ -50,6 +51,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
                         "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
+    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                   help="also log metrics to Weights & Biases (needs wandb; WANDB_MODE=offline works)")
+    p.add_argument("--wandb-project", metavar="NAME", help="W&B project (default deepscalelm)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -61,6 +65,7 @@ _FLAGS = {  # argparse dest -> config key
     "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
     "fsdp": "train.fsdp", "on_nan": "train.on_nan", "parametrization": "train.parametrization",
+    "wandb": "train.wandb", "wandb_project": "train.wandb_project",
 }
 
 
@@ -81,6 +86,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Any, Path]
     overrides: dict[str, Any] = parse_set(args.set)
     if args.data is not None:
         args.data = str(Path(args.data).expanduser().resolve())
+    if args.tokenizer is not None and args.tokenizer.endswith(".json"):
+        args.tokenizer = str(Path(args.tokenizer).expanduser().resolve())
     for dest, key in _FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:

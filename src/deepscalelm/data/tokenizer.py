@@ -1,4 +1,5 @@
-"""Tokenizers: byte-level (default), word-level (Penn Treebank style) and BPE (Hugging Face `tokenizers`).
+"""Tokenizers: byte-level (default), word-level (Penn Treebank style), BPE (Hugging Face `tokenizers`)
+and any existing Hugging Face ``tokenizer.json`` (GPT-2, Llama, ...) used as it is.
 
 Every tokenizer maps UTF-8 bytes to integer ids in ``[0, vocab_size)`` and appends the special
 tokens an objective needs (``<mask>`` for masked LM, ``<pad>``/``<eos>``/sentinels for span
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -205,7 +207,7 @@ class BPETokenizer(Tokenizer):
         text = data.decode("utf-8", errors="replace")
         # encode line by line in batches: the Rust side parallelises and memory stays bounded
         lines = text.splitlines(keepends=True)
-        encs = self.tok.encode_batch(lines) if lines else []
+        encs = self.tok.encode_batch(lines, add_special_tokens=False) if lines else []
         ids = [i for e in encs for i in e.ids]
         return np.asarray(ids, dtype=np.int64)
 
@@ -216,13 +218,47 @@ class BPETokenizer(Tokenizer):
         return {"model": self.tok.to_str()}
 
 
+class HFTokenizer(BPETokenizer):
+    """An existing Hugging Face ``tokenizer.json`` (GPT-2 byte-level BPE, Llama-style BPE with byte
+    fallback, ...), used unchanged: no training, its own vocabulary and added tokens.
+
+    Text is encoded chunk by chunk without the tokenizer's post-processing (no BOS/EOS per chunk), so
+    the token stream is what the tokenizer gives for the whole text up to chunk boundaries.
+    """
+
+    kind = "hf"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> HFTokenizer:
+        """Read a ``tokenizer.json``; `DSLMError` when it is missing or not a tokenizers file."""
+        lib = cls._lib()
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise DSLMError(f"tokenizer file {p} does not exist (give --tokenizer byte|word|bpe or a tokenizer.json)")
+        try:
+            tok = lib.Tokenizer.from_file(str(p))
+        except Exception as exc:  # tokenizers raises a bare Exception for unparsable files
+            raise DSLMError(f"{p} is not a Hugging Face tokenizer.json ({exc})") from None
+        return cls(tok)
+
+    def encode_bytes(self, data: bytes) -> np.ndarray:
+        text = data.decode("utf-8", errors="replace")
+        ids = self.tok.encode(text, add_special_tokens=False).ids if text else []
+        return np.asarray(ids, dtype=np.int64)
+
+
 def build_tokenizer(kind: str, train_chunks: Iterable[bytes] | None = None, *,
                     bpe_vocab_size: int = 1024, word_max_vocab: int | None = None) -> Tokenizer:
-    """A fresh tokenizer of `kind`; word and BPE tokenizers are trained on `train_chunks`."""
+    """A fresh tokenizer of `kind`; word and BPE tokenizers are trained on `train_chunks`.
+
+    A `kind` ending in ``.json`` is the path of a Hugging Face ``tokenizer.json`` (see `HFTokenizer`).
+    """
     if kind == "byte":
         return ByteTokenizer()
+    if kind.endswith(".json"):
+        return HFTokenizer.from_file(kind)
     if kind not in TOKENIZERS:
-        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {kind!r}")
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS} or a tokenizer.json path, got {kind!r}")
     if train_chunks is None:
         raise ValueError(f"the {kind} tokenizer must be trained: pass the training split")
     if kind == "word":
@@ -237,9 +273,9 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return ByteTokenizer(specials)
     if kind == "word":
         return WordTokenizer(d["words"], specials)
-    if kind == "bpe":
+    if kind in ("bpe", "hf"):
         lib = BPETokenizer._lib()
-        return BPETokenizer(lib.Tokenizer.from_str(d["model"]), specials)
+        return (BPETokenizer if kind == "bpe" else HFTokenizer)(lib.Tokenizer.from_str(d["model"]), specials)
     raise DSLMError(f"unknown tokenizer type {kind!r} in tokenizer file")
 
 
@@ -255,5 +291,5 @@ def load_tokenizer(path: str) -> Tokenizer:
         raise DSLMError(f"tokenizer file {path} is corrupt ({exc})") from None
 
 
-__all__ = ["Tokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "build_tokenizer",
+__all__ = ["Tokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "HFTokenizer", "build_tokenizer",
            "load_tokenizer", "tokenizer_from_dict", "TOKENIZERS"]

@@ -24,6 +24,7 @@ only the chosen learning rate's runs, ``save="none"`` no weights.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -44,6 +45,8 @@ from ..train import checkpoint as ck
 from ..train.optim import param_groups
 from .encode import encode_split
 from .model import FinetuneModel
+
+logger = logging.getLogger(__name__)
 
 SAVE = ("all", "best", "none")
 OBJECTIVE = "finetune"
@@ -209,9 +212,13 @@ def clone_backbone(backbone: torch.nn.Module) -> torch.nn.Module:
 
 
 def train_one(backbone: torch.nn.Module, task: TaskData, data: dict[str, dict[str, np.ndarray]],
-              lr: float, seed: int, cfg: FinetuneConfig, log: Callable[[str], None] = print
+              lr: float, seed: int, cfg: FinetuneConfig, log: Callable[[str], None] | None = None
               ) -> tuple[FinetuneModel, dict[str, Any]]:
-    """Fine-tune a copy of `backbone` once; returns (model, record with steps, losses, head_q)."""
+    """Fine-tune a copy of `backbone` once; returns (model, record with steps, losses, head_q).
+
+    Messages go to `log` (default: this module's logger at INFO level).
+    """
+    log = log or logger.info
     device = next(backbone.parameters()).device
     train = data["train"]
     n = len(train["labels"])
@@ -300,7 +307,7 @@ def _fmt(x: float | None) -> str:
 
 def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | None = None,
              cfg: FinetuneConfig | None = None, *, data_dir: str | Path | None = None,
-             subset: dict[str, int | None] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+             subset: dict[str, int | None] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune `checkpoint` (path to a pretrained checkpoint or run directory) on `task` (a name of
     `deepscalelm.tasks.TASKS` read from `data_dir`, or a `TaskData`, e.g. the user's own files read by
     `deepscalelm.tasks.load_files`) with the grid of `cfg`. ``cfg.max_len`` above the checkpoint's
@@ -310,8 +317,10 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
     ``subset`` cuts splits to seeded random subsets (e.g. ``{"train": 500, "dev": 200, "test": 500}``).
     Returns the results dict (also written to ``out/results.json`` when `out` is given): per-run dev
     and test accuracy, the chosen lr, test mean ± std over seeds, majority-class test accuracy.
+    Messages go to `log` (default: this module's logger at INFO level).
     """
     cfg = cfg or FinetuneConfig()
+    log = log or logger.info
     if out is not None:
         out = Path(out).expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -7,6 +7,8 @@ initialised exactly once. See docs/models.md for the structure contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..config import ModelConfig
@@ -24,13 +26,20 @@ FAMILIES: dict[str, type[SchemeModel]] = {
 
 
 def build_model(config: ModelConfig, scheme: Scheme | str | None = None,
-                device: torch.device | str | None = None) -> SchemeModel:
-    """The model of ``config.arch``, initialised from ``scheme`` (default ``config.scheme``) on ``device``."""
+                device: torch.device | str | None = None,
+                on_meta: Callable[[SchemeModel], None] | None = None) -> SchemeModel:
+    """The model of ``config.arch``, initialised from ``scheme`` (default ``config.scheme``) on ``device``.
+
+    ``on_meta(model)`` runs on the parameter-free meta-device model before it is materialised, e.g.
+    to shard it with FSDP2 ``fully_shard`` so that each process only ever allocates its own shards.
+    """
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a deepscalelm.ModelConfig, got {type(config).__name__}")
     resolved = resolve_scheme(config, scheme)
     with torch.device("meta"):
         model = FAMILIES[config.arch](config)
+    if on_meta is not None:
+        on_meta(model)
     model.to_empty(device=torch.device("cpu") if device is None else torch.device(device))
     model.scheme = resolved
     model.reset_parameters()

@@ -2,7 +2,10 @@
 
 Every model family inherits `SchemeModel`, whose ``reset_parameters()`` calls `apply_scheme` with the
 model's scheme, so building on the meta device, ``to_empty(device=...)`` and ``reset_parameters()``
-gives the same model as building directly.
+gives the same model as building directly. That also holds for a model sharded with FSDP2
+(``fully_shard``) on the meta device and materialised per shard: each weight is drawn whole from the
+global RNG (one parameter at a time) and every rank keeps only its own shard, so the sharded model
+equals the single-process one bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -77,6 +80,22 @@ def scheme_weight_variances(scheme: Scheme, config: ModelConfig, names: list[str
     return out
 
 
+def _normal_(p: torch.Tensor, std: float) -> None:
+    """Fill ``p`` with N(0, std^2) draws from the global torch RNG.
+
+    A DTensor (an FSDP2-sharded parameter) gets the draws of the whole tensor, of which each rank
+    keeps its own shard without communication, so the values do not depend on the sharding (the
+    peak extra memory is one full parameter). Every rank must hold the same RNG state.
+    """
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor, distribute_tensor
+    if torch.distributed.is_available() and isinstance(p, DTensor):
+        full = torch.empty(p.shape, dtype=p.dtype, device=p.to_local().device).normal_(0.0, std)
+        p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local())
+    else:
+        p.normal_(0.0, std)
+
+
 @torch.no_grad()
 def apply_scheme(model: nn.Module, scheme: "Scheme | str | None" = None) -> nn.Module:
     """(Re-)initialise ``model`` from ``scheme`` (default: ``model.scheme``); returns the model.
@@ -101,7 +120,7 @@ def apply_scheme(model: nn.Module, scheme: "Scheme | str | None" = None) -> nn.M
         raise ValueError(f"scheme {scheme.name!r} names merges the model lacks, e.g. {missing_merges[:3]}")
     for name, p in model.named_parameters():
         if name in weights:
-            p.normal_(0.0, math.sqrt(variances[name]))
+            _normal_(p, math.sqrt(variances[name]))
     for m in model.modules():
         if isinstance(m, NORM_MODULES):
             if m.weight is not None:

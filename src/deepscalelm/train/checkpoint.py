@@ -91,7 +91,6 @@ def save_checkpoint(run_dir: Path, step: int, *, model_state: Mapping[str, torch
     """
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-step-{step:07d}-{os.getpid()}-{time.time_ns()}"
     tmp.mkdir()
     try:
@@ -117,16 +116,26 @@ def save_checkpoint(run_dir: Path, step: int, *, model_state: Mapping[str, torch
                   + [Path(e).name for e in extra_files]},
         }
         write_json_atomic(tmp / "state.json", state)
-        _fsync_dir(tmp)
-        if final.exists():  # e.g. a run resumed from an older checkpoint passes this step again
-            trash = ckpt_root / f".old-{final.name}-{os.getpid()}"
-            final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.rename(tmp, final)
-        _fsync_dir(ckpt_root)
+        return commit_checkpoint(tmp, step, keep)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def commit_checkpoint(tmp: Path, step: int, keep: int) -> Path:
+    """Rename the complete checkpoint directory `tmp` (in ``checkpoints/``) to ``step-N``; prune.
+
+    Returns the final directory. Used for full and sharded checkpoints alike.
+    """
+    ckpt_root = tmp.parent
+    final = ckpt_root / f"step-{step:07d}"
+    _fsync_dir(tmp)
+    if final.exists():  # e.g. a run resumed from an older checkpoint passes this step again
+        trash = ckpt_root / f".old-{final.name}-{os.getpid()}"
+        final.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.rename(tmp, final)
+    _fsync_dir(ckpt_root)
     prune(ckpt_root, keep)
     return final
 
@@ -244,5 +253,9 @@ def load_train_state(ckpt: Path, state: Mapping[str, Any]) -> tuple[dict[str, An
     return optim, rng
 
 
+# public names for the sharded (FSDP) checkpoints of `deepscalelm.train.sharded`
+sha256 = _sha256
+save_tensors = _save_tensors
+
 __all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "read_state",
-           "load_model_state", "load_train_state", "write_json_atomic"]
+           "load_model_state", "load_train_state", "write_json_atomic", "commit_checkpoint", "sha256", "save_tensors"]

@@ -45,6 +45,9 @@ class TrainConfig(DictConfig):
       learning rate transfers across depth) or ``completep`` (CompleteP's rule for the ``completep``
       scheme); see `deepscalelm.optim`.
     * ``on_nan``: ``stop`` (report and stop, keeping the last good checkpoint) or ``skip`` the step.
+    * ``tokenizer``: ``byte``, ``word`` or ``bpe`` (trained on the training split), or the path of an
+      existing Hugging Face ``tokenizer.json`` (GPT-2 or Llama style), used as it is.
+    * ``wandb``: also log to Weights & Biases (project ``wandb_project``; needs ``pip install wandb``).
     * ``threads``: torch CPU threads per process; 0 = automatic when the run is created (the cores not
       already busy by the 1-minute load average, at least 1, at most torch's default) and then stored
       with the run, so a resumed run computes with the same thread count (needed for bit-exact resume).
@@ -88,6 +91,8 @@ class TrainConfig(DictConfig):
     sample_prompt: str = "ROMEO:"
     temperature: float = 0.8
     top_k: int | None = 40
+    wandb: bool = False
+    wandb_project: str = "deepscalelm"
 
     def __post_init__(self) -> None:
         from ..data.objectives import OBJECTIVES
@@ -108,7 +113,14 @@ class TrainConfig(DictConfig):
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}], got {v!r}")
 
         choice("objective", ("auto",) + OBJECTIVES)
-        choice("tokenizer", TOKENIZERS)
+        if not isinstance(self.tokenizer, str) or (self.tokenizer not in TOKENIZERS
+                                                   and not self.tokenizer.endswith(".json")):
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS} or the path of a Hugging Face "
+                             f"tokenizer.json file, got {self.tokenizer!r}")
+        if not isinstance(self.wandb, bool):
+            raise ValueError(f"wandb must be true or false, got {self.wandb!r}")
+        if not isinstance(self.wandb_project, str) or not self.wandb_project.strip():
+            raise ValueError(f"wandb_project must be a non-empty string, got {self.wandb_project!r}")
         choice("precision", PRECISIONS)
         choice("decay", DECAYS)
         choice("on_nan", ON_NAN)
@@ -140,7 +152,8 @@ class TrainConfig(DictConfig):
 #: fields that may differ when a run is resumed (they do not change the computation of a step)
 RESUMABLE_CHANGES = frozenset({"max_steps", "eval_interval", "eval_batches", "ckpt_interval",
                                "keep_checkpoints", "log_interval", "sample_tokens", "sample_prompt",
-                               "temperature", "top_k", "on_nan", "compile", "device", "data", "threads"})
+                               "temperature", "top_k", "on_nan", "compile", "device", "data", "threads",
+                               "wandb", "wandb_project"})
 
 # --------------------------------------------------------------------------------------- presets
 _DEEP = dict(arch="decoder", norm="pre", dropout=0.1, attn_dropout=0.1, scheme="dslm", vocab_size=256)

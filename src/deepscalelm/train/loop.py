@@ -5,13 +5,17 @@ model, optimizer, grad-scaler and RNG state from the checkpoint, so a resumed ru
 of an uninterrupted one bit for bit on CPU. Data parallelism splits each global batch into equal
 contiguous row blocks per rank (and those into micro-batches), so the loss of ``torchrun
 --nproc_per_node N`` equals the single-process loss with the same ``batch_size`` up to float
-rounding (exactly, with dropout 0, for the mean over equal-sized blocks).
+rounding (exactly, with dropout 0, for the mean over equal-sized blocks). With dropout the training
+losses differ between process counts, since every rank draws its own dropout masks. Evaluation
+covers the same global windows for any number of processes and all-reduces its sums, so
+``val_loss`` agrees across process counts up to float rounding (see `evaluate`). With ``fsdp`` the
+model is sharded with FSDP2 and checkpointed shard-wise (`deepscalelm.train.sharded`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
 import time
@@ -27,14 +31,16 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.objectives import IGNORE, bits_per_byte, rows
 from ..errors import DSLMError
+from ..optim import param_groups as depth_param_groups
 from . import checkpoint as ck
 from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
 from .guard import NonFiniteError, locate_nonfinite
-from ..optim import param_groups as depth_param_groups
+from .metrics import Metrics
 from .optim import lr_at
 from .run import RunData, check_out_dir, open_run, prepare_run, read_run
 
 ModelFactory = Callable[[ModelConfig], nn.Module]
+logger = logging.getLogger(__name__)
 
 
 def default_factory(config: ModelConfig) -> nn.Module:
@@ -155,25 +161,60 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def _eval_chunks(batch: dict[str, np.ndarray], d: Dist, micro: int) -> Iterable[tuple[dict[str, np.ndarray], bool]]:
+    """(micro-batch, counts) pairs of this rank's contiguous block of a global evaluation batch.
+
+    Every rank yields the same number of chunks, ceil(ceil(n / world) / micro); a rank whose block
+    is shorter gets a one-row stand-in with counts False (a forward pass FSDP needs, result unused).
+    """
+    n = len(batch["labels"])
+    per = -(-n // d.world)
+    lo, hi = min(n, d.rank * per), min(n, (d.rank + 1) * per)
+    for j in range(0, per, micro):
+        a, b = lo + j, min(hi, lo + j + micro)
+        yield (rows(batch, a, b), True) if a < b else (rows(batch, 0, 1), False)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, objective: str, batch_size: int, device: torch.device,
-             precision: str, max_batches: int | None, tokens_per_byte: float | None) -> dict[str, float]:
-    """Mean loss (nats per predicted token), perplexity, bits per byte (causal) or accuracy (image)."""
+             precision: str, max_batches: int | None, tokens_per_byte: float | None, *,
+             dist: Dist | None = None, micro_batch_size: int | None = None) -> dict[str, float]:
+    """Mean loss (nats per predicted token), perplexity, bits per byte (causal) or accuracy (image).
+
+    The evaluation set is the first `max_batches` global batches of `batch_size` windows of
+    ``data.eval_batches`` (all when None), whatever the number of processes: each rank of `dist`
+    evaluates a contiguous block of every batch's rows, in micro-batches of `micro_batch_size`
+    (default `batch_size`), and the sums of loss, targets and correct predictions are all-reduced
+    (float64), so 1 and N processes agree up to float rounding. Collective under torchrun: call on
+    every rank.
+    """
+    d = dist or Dist(device=device)
+    micro = micro_batch_size or batch_size
     was_training = model.training
     model.eval()
-    tot, cnt, correct = 0.0, 0, 0
+    sums = torch.zeros(3, dtype=torch.float64)  # loss in nats, targets, correct predictions
     try:
         for nb in data.eval_batches(batch_size, max_batches):
-            b = to_device(nb, device)
-            with autocast_ctx(precision, device):
-                logits = forward(model, objective, b)
-            s, c = loss_sum(logits, b["labels"])
-            tot += float(s)
-            cnt += int(c)
-            if objective == "image":
-                correct += int((logits.argmax(-1) == b["labels"]).sum())
+            for chunk, counts in _eval_chunks(nb, d, micro):
+                b = to_device(chunk, device)
+                with autocast_ctx(precision, device):
+                    logits = forward(model, objective, b)
+                if not counts:
+                    continue
+                s, c = loss_sum(logits, b["labels"])
+                sums[0] += float(s)
+                sums[1] += int(c)
+                if objective == "image":
+                    sums[2] += int((logits.argmax(-1) == b["labels"]).sum())
     finally:
         model.train(was_training)
+    if d.enabled:
+        import torch.distributed as tdist
+
+        reduced = sums.to(device)
+        tdist.all_reduce(reduced, op=tdist.ReduceOp.SUM)
+        sums = reduced.cpu()
+    tot, cnt, correct = float(sums[0]), int(sums[1]), int(sums[2])
     if cnt == 0:
         raise DSLMError("evaluation split produced no targets")
     loss = tot / cnt
@@ -216,28 +257,16 @@ def generate(model: nn.Module, prompt: list[int], n_new: int, seq_len: int, *, t
 
 
 # --------------------------------------------------------------------------------- state dicts
-def _sd_options() -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
 def _param_order(raw: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     names = {id(p): n for n, p in raw.named_parameters()}
     return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
-def gather_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> tuple[dict, dict]:
-    """Full (unsharded) model and optimizer state dicts keyed by parameter names.
+def gather_state(raw: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts of a plain or DDP model, keyed by parameter names.
 
-    Plain and DDP models: read directly from the unwrapped module. FSDP: gathered with
-    `torch.distributed.checkpoint.state_dict` (a collective; every rank must call it).
+    (FSDP models are saved shard-wise instead, see `deepscalelm.train.sharded`.)
     """
-    if sharded:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-        opts = _sd_options()
-        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
     order = _param_order(raw, optimizer)
     osd = optimizer.state_dict()
     state = {order[i]: v for i, v in osd["state"].items()}
@@ -247,7 +276,10 @@ def gather_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimi
 
 def restore_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, msd: dict, osd: dict,
                   sharded: bool) -> None:
-    """Inverse of `gather_state`; raises DSLMError when the optimizer state does not fit the model."""
+    """Inverse of `gather_state`; raises DSLMError when the optimizer state does not fit the model.
+
+    With `sharded`, full state dicts (a checkpoint of a single-process run) are loaded into an FSDP model.
+    """
     if sharded:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
@@ -287,55 +319,6 @@ def _rng_tensors(d: Dist) -> dict[str, torch.Tensor]:
         dist.all_gather(parts, t)
         out.update({f"{k}.rank{r}": p.cpu() for r, p in enumerate(parts)})
     return out
-
-
-# -------------------------------------------------------------------------------------- logging
-class Metrics:
-    """metrics.jsonl (always) plus TensorBoard scalars when `tensorboard` is installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.fh = None
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():
-            # drop records written after the checkpoint we resume from: the curve continues cleanly
-            keep = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a kill
-                if rec.get("step", 0) <= resume_step:
-                    keep.append(line)
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-            os.replace(tmp, self.path)
-        self.fh = open(self.path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:  # tensorboard not installed (optional extra)
-            self.tb = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled or self.fh is None:
-            return
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ------------------------------------------------------------------------------------- training
@@ -389,14 +372,16 @@ def _block_summary(mcfg: ModelConfig) -> str:
 
 def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig, *, resume: bool = False,
           explicit_config: bool = True, factory: ModelFactory | None = None, progress: bool = True,
-          log: Callable[[str], None] = print,
+          log: Callable[[str], None] | None = None,
           callbacks: Iterable[Callable[[int, dict[str, Any]], None]] = ()) -> TrainResult:
     """Train (or resume) the run in `out`; returns a summary.
 
     `callbacks` are called as ``cb(step, record)`` after every optimizer step (used by tests to kill
     the process mid-run). `explicit_config` says whether the caller chose the configs (then they must
-    match a resumed run) or just wants the stored ones.
+    match a resumed run) or just wants the stored ones. Progress messages go to `log` (default: the
+    ``deepscalelm.train.loop`` logger at INFO level), on rank 0 only.
     """
+    user_log, log = log, log or logger.info
     out = Path(out)
     factory = factory or default_factory
     d = setup_dist(train_config.device)
@@ -418,9 +403,13 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     if per_rank % micro:
         raise DSLMError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
     accum = per_rank // micro
+    if train_config.wandb and d.main:
+        from .metrics import require_wandb
+
+        require_wandb()
     if not resume and d.main:
         check_out_dir(out, resume=False)
-        prepare_run(out, model_config, train_config, log=say)
+        prepare_run(out, model_config, train_config, log=user_log)  # None: run.py's own logger
     _barrier(d)
     rd: RunData = open_run(out, train_config)
     mcfg, tcfg, objective = rd.model_config, rd.train_config, rd.objective
@@ -430,28 +419,25 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
 
     # ---- model (same init on every rank), then per-rank dropout RNG
     torch.manual_seed(tcfg.seed)
-    raw = factory(mcfg).to(device)
-    if tcfg.activation_checkpointing:
-        if not hasattr(raw, "set_activation_checkpointing"):
-            raise DSLMError("this model does not support activation checkpointing")
-        raw.set_activation_checkpointing(True)
-    model: nn.Module = raw
-    if d.enabled:
-        if tcfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
-
-            from .guard import residual_layers
-
-            for _, layer in residual_layers(raw):
-                fully_shard(layer)
-            model = fully_shard(raw)
-        else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    elif tcfg.fsdp:
-        say("note: --fsdp has no effect in a single process (run under torchrun)")
     sharded = d.enabled and tcfg.fsdp
+    if sharded:  # FSDP2: built on the meta device, materialised per shard (the same weights as unsharded)
+        from .sharded import build_sharded
+
+        raw = build_sharded(mcfg, device, None if factory is default_factory else factory,
+                            tcfg.activation_checkpointing)
+    else:
+        raw = factory(mcfg).to(device)
+        if tcfg.activation_checkpointing:
+            if not hasattr(raw, "set_activation_checkpointing"):
+                raise DSLMError("this model does not support activation checkpointing")
+            raw.set_activation_checkpointing(True)
+    model: nn.Module = raw
+    if d.enabled and not sharded:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    elif tcfg.fsdp and not d.enabled:
+        say("note: --fsdp has no effect in a single process (run under torchrun)")
     n_params = sum(p.numel() for p in raw.parameters())
     optimizer = torch.optim.AdamW(depth_param_groups(raw, tcfg.lr, tcfg.parametrization,
                                                      weight_decay=tcfg.weight_decay, eps=tcfg.eps),
@@ -467,10 +453,15 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
             if state.get("model_config") != mcfg.to_dict():
                 raise DSLMError(f"checkpoint {ckpt} was written for a different model config: "
                                 + "; ".join(config_diff(state.get("model_config") or {}, mcfg.to_dict())))
-            expected = raw.state_dict()
-            msd = ck.load_model_state(ckpt, expected)
-            osd, rng = ck.load_train_state(ckpt, state)
-            restore_state(model, raw, optimizer, msd, osd, sharded)
+            from .sharded import check_resumable, is_sharded, load_sharded
+
+            check_resumable(ckpt, state, d.world, sharded)
+            if is_sharded(state):
+                rng = load_sharded(ckpt, model, optimizer)
+            else:
+                msd = ck.load_model_state(ckpt, raw.state_dict())
+                osd, rng = ck.load_train_state(ckpt, state)
+                restore_state(model, raw, optimizer, msd, osd, sharded)
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             step = int(state["step"])
@@ -488,7 +479,9 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
         torch.manual_seed(tcfg.seed + 1 + d.rank)
     fwd_model: nn.Module = torch.compile(model) if tcfg.compile else model
 
-    metrics = Metrics(out, d.main, step if resume else None)
+    metrics = Metrics(out, d.main, step if resume else None,
+                      wandb_project=tcfg.wandb_project if tcfg.wandb else None,
+                      config={"model": mcfg.to_dict(), "train": tcfg.to_dict(), "world_size": d.world})
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
     say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, "
         f"scheme {mcfg.scheme}, "
@@ -497,21 +490,27 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
 
     def save(at: int) -> Path | None:
-        msd, osd = gather_state(model, raw, optimizer, sharded)
         rng_t = _rng_tensors(d)
         path = None
-        if d.main:
-            meta = {"model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "objective": objective,
-                    "world_size": d.world, "data_position": {"next_step": at + 1, "seed": tcfg.seed},
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-            extra = [out / "run.json"] + ([out / "tokenizer.json"] if rd.tokenizer is not None else [])
+        meta = {"model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "objective": objective,
+                "world_size": d.world, "data_position": {"next_step": at + 1, "seed": tcfg.seed},
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        extra = [out / "run.json"] + ([out / "tokenizer.json"] if rd.tokenizer is not None else [])
+        if sharded:
+            from .sharded import save_sharded
+
+            path = save_sharded(out, at, model, optimizer, rng_states=rng_t, meta=meta,
+                                keep=tcfg.keep_checkpoints, extra_files=extra, main=d.main)
+        elif d.main:
+            msd, osd = gather_state(raw, optimizer)
             path = ck.save_checkpoint(out, at, model_state=msd, optim_state=osd, rng_states=rng_t, meta=meta,
                                       keep=tcfg.keep_checkpoints, extra_files=extra)
         _barrier(d)
         return path
 
     def run_eval(max_batches: int | None) -> dict[str, float]:
-        return evaluate(model, rd.val, objective, micro, device, precision, max_batches, rd.val_tokens_per_byte)
+        return evaluate(model, rd.val, objective, tcfg.batch_size, device, precision, max_batches,
+                        rd.val_tokens_per_byte, dist=d, micro_batch_size=micro)
 
     bar = None
     if progress and d.main and step < tcfg.max_steps:
@@ -564,7 +563,9 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
                         cb(step, rec)
                     continue
                 b0 = to_device(rows(mine, 0, micro), device)
-                where = locate_nonfinite(raw, lambda: forward(raw, objective, b0))
+                # the re-run would need every rank in lockstep: FSDP runs skip the layer search
+                where = "layer not located under FSDP" if sharded else \
+                    locate_nonfinite(raw, lambda: forward(raw, objective, b0))
                 kept = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                 raise NonFiniteError(f"non-finite {what} at step {s} (loss {loss_f}, grad norm {gnorm}); {where}; "
                                      f"{kept}. Lower the learning rate, use --on-nan skip, or change the scheme")
@@ -599,11 +600,12 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     if not last_eval:
         last_eval = run_eval(tcfg.eval_batches)
     sample = None
-    if objective == "causal" and rd.tokenizer is not None and tcfg.sample_tokens > 0 and d.main:
+    # an FSDP forward is collective: then every rank samples (the same tokens), else rank 0 alone
+    if objective == "causal" and rd.tokenizer is not None and tcfg.sample_tokens > 0 and (d.main or sharded):
         prompt = rd.tokenizer.encode(tcfg.sample_prompt) or [0]
-        ids = generate(raw, prompt, tcfg.sample_tokens, mcfg.seq_len, temperature=tcfg.temperature,
-                       top_k=tcfg.top_k, seed=tcfg.seed, device=device)
-        sample = tcfg.sample_prompt + rd.tokenizer.decode(ids)
+        ids = generate(model if sharded else raw, prompt, tcfg.sample_tokens, mcfg.seq_len,
+                       temperature=tcfg.temperature, top_k=tcfg.top_k, seed=tcfg.seed, device=device)
+        sample = tcfg.sample_prompt + rd.tokenizer.decode(ids) if d.main else None
     result = TrainResult(step, seconds, tps, last_eval, sample, out, ck.latest_checkpoint(out))
     if d.main:
         ck.write_json_atomic(out / "summary.json", {

@@ -19,7 +19,8 @@ def load_for_inference(path: str | Path, device: str = "cpu", factory: Any = Non
                        ) -> tuple[nn.Module, ModelConfig, TrainConfig, Tokenizer | None, Path, dict]:
     """(model in eval mode, model config, train config, tokenizer or None, checkpoint dir, state).
 
-    On CPU, ``threads`` torch threads are used (0: the idle cores, see `loop.auto_threads`).
+    On CPU, ``threads`` torch threads are used (0: the idle cores, see `loop.auto_threads`). Sharded
+    (FSDP) checkpoints are read too, in this one process.
     """
     ckpt = ck.resolve_checkpoint(path)
     state = ck.read_state(ckpt)
@@ -38,8 +39,13 @@ def load_for_inference(path: str | Path, device: str = "cpu", factory: Any = Non
         torch.set_num_threads(threads or auto_threads())
     torch.manual_seed(0)
     model = factory(mcfg).to(device)
-    sd = ck.load_model_state(ckpt, model.state_dict())
-    model.load_state_dict(sd)
+    from .sharded import is_sharded, read_model_weights
+
+    if is_sharded(state):  # an FSDP checkpoint: its shards are assembled in this process
+        read_model_weights(ckpt, model)
+    else:
+        sd = ck.load_model_state(ckpt, model.state_dict())
+        model.load_state_dict(sd)
     model.eval()
     tok = load_tokenizer(str(ckpt / "tokenizer.json")) if (ckpt / "tokenizer.json").is_file() else None
     return model, mcfg, tcfg, tok, ckpt, state

@@ -9,6 +9,7 @@ the target and renamed into place only when complete, so bad input leaves nothin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -28,6 +29,7 @@ from .checkpoint import write_json_atomic
 from .config import TrainConfig
 
 RUN_FILE = "run.json"
+logger = logging.getLogger(__name__)
 
 
 def objective_of(model: ModelConfig, train: TrainConfig) -> str:
@@ -66,8 +68,12 @@ def check_out_dir(out: Path, resume: bool) -> None:
             raise DSLMError(f"output directory {out} is not empty: choose another --out")
 
 
-def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = print) -> None:
-    """Create a new run directory: tokenizer, memmapped data, final configs (atomically)."""
+def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = None) -> None:
+    """Create a new run directory: tokenizer, memmapped data, final configs (atomically).
+
+    Messages go to `log` (default: this module's logger at INFO level).
+    """
+    log = log or logger.info
     check_out_dir(out, resume=False)
     objective = objective_of(model, train)
     out.parent.mkdir(parents=True, exist_ok=True)
