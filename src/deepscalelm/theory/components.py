@@ -155,6 +155,29 @@ def gelu_moments(s2: float) -> tuple[float, float]:
     return mean, var
 
 
+def gelu_cross_moment(s2: float, r: float) -> float:
+    """E[GeLU(u) GeLU(v)] (uncentred) for u, v ~ N(0, s2) with correlation r."""
+    a = s2 / (1.0 + s2)
+    rs = r * s2
+    return (s2 / 4.0) * (r + (2.0 / math.pi) * r * math.asin(r * a)
+                         + (2.0 / math.pi) * s2 * (s2 * (1.0 - r * r) + (1.0 + r * r))
+                         / ((s2 + 1.0) * math.sqrt((s2 + 1.0) ** 2 - rs ** 2)))
+
+
+def gelu_grad_moment(s2: float) -> float:
+    """E[GeLU'(x)^2] for x ~ N(0, s2) (the backward gain)."""
+    a = s2 / (1.0 + s2)
+    return 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / (1.0 + 2.0 * s2) ** 1.5) / _TWO_PI
+
+
+def gelu_grad_cross_moment(s2: float, r: float) -> float:
+    """E[GeLU'(u) GeLU'(v)] for u, v ~ N(0, s2) with correlation r."""
+    a = s2 / (1.0 + s2)
+    rs, ra = r * s2, r * a
+    return 0.5 + (-math.acos(ra) + ra * ((s2 + 1.0) * (2.0 * s2 + 3.0) - 2.0 * rs ** 2)
+                  / ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5) / _TWO_PI
+
+
 @dataclass(frozen=True)
 class GeLU:
     """x Phi(x) (exact erf form) of a zero-mean Gaussian input (spec §3.4).
@@ -175,11 +198,7 @@ class GeLU:
         if s2 == 0:
             return 0.0, 0.0, 0.0
         mean, var = gelu_moments(s2)
-        a = s2 / (1.0 + s2)
-        rs = r * s2
-        cov = (s2 / 4.0) * (r + (2.0 / math.pi) * r * math.asin(r * a)
-                            + (2.0 / math.pi) * s2 * (s2 * (1.0 - r * r) + (1.0 + r * r))
-                            / ((s2 + 1.0) * math.sqrt((s2 + 1.0) ** 2 - rs ** 2))) - mean ** 2
+        cov = gelu_cross_moment(s2, r) - mean ** 2
         return mean, var, clip_corr(cov / var) if var > 0 else 0.0
 
     def _bwd(self, x_mean: float, x_var: float, x_corr: float, g_var: float, g_corr: float
@@ -187,15 +206,18 @@ class GeLU:
         if x_mean:
             _zero_mean("GeLU", x_mean, x_var)
         s2, r = x_var, clip_corr(x_corr)
-        a = s2 / (1.0 + s2)
-        gain = 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / (1.0 + 2.0 * s2) ** 1.5) / _TWO_PI
-        var = g_var * gain
+        var = g_var * gelu_grad_moment(s2)
         if var == 0:
             return 0.0, 0.0
-        rs, ra = r * s2, r * a
-        cov_gain = 0.5 + (-math.acos(ra) + ra * ((s2 + 1.0) * (2.0 * s2 + 3.0) - 2.0 * rs ** 2)
-                          / ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5) / _TWO_PI
-        return var, clip_corr((g_corr * g_var) * cov_gain / var)   # g.cov
+        return var, clip_corr((g_corr * g_var) * gelu_grad_cross_moment(s2, r) / var)   # g.cov
+
+    def _gate_moments(self, var: float, corr: float) -> tuple[float, float, float, float]:
+        """(E[f(u)^2], E[f(u) f(v)], E[f'(u)^2], E[f'(u) f'(v)]) for u, v ~ N(0, var) with
+        correlation ``corr`` (uncentred): what a gated product needs (`GatedProduct`)."""
+        r = clip_corr(corr)
+        mean, v = gelu_moments(var)
+        return (v + mean ** 2, gelu_cross_moment(var, r), gelu_grad_moment(var),
+                gelu_grad_cross_moment(var, r))
 
 
 @dataclass(frozen=True)
