@@ -31,7 +31,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from ..config import ModelConfig
-from .components import silu_moments
+from .components import gelu_moments, silu_moments
 from .naming import layer_blocks, merge_names, n_embedding_tables, weight_shapes
 
 # E[GeLU(z)^2] for z ~ N(0, 1) (spec §3.4): the forward gain of GeLU at unit input.
@@ -215,11 +215,10 @@ def dslm_ffn_variances(config: ModelConfig) -> dict[str, float]:
     if act == "relu":
         w = math.sqrt(2 * (1 - p) / (d * f))
         return {"fc1": w, "fc2": w}
-    base = {"gelu": "gelu", "geglu": "gelu", "silu": "silu", "swiglu": "silu"}[act]
-    if base == "gelu":
-        m2 = GELU_SECOND_MOMENT
+    if act == "gelu":
+        m2 = GELU_SECOND_MOMENT   # the rounded constant of the original scheme (pinned numbers)
     else:
-        mean, var = silu_moments(1.0)
+        mean, var = (gelu_moments if act == "geglu" else silu_moments)(1.0)
         m2 = var + mean * mean
     out = {"fc1": 1.0 / d, "fc2": (1 - p) / (m2 * f)}
     if config.gated:
