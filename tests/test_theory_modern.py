@@ -226,7 +226,7 @@ def test_rmsnorm_and_layernorm_agree_at_large_width():
         kw = dict(n_layers=6, d_model=4096, n_heads=8, seq_len=24, scheme="xavier")
         a = predict(ModelConfig(**kw), positional=positional).to_records()
         b = predict(ModelConfig(norm_type="rmsnorm", **kw), positional=positional).to_records()
-        for ra, rb in zip(a, b):
+        for ra, rb in zip(a, b, strict=True):
             for key in ("var", "corr", "grad_var"):
                 assert rb[key] == pytest.approx(ra[key], rel=5e-3, abs=1e-6), (positional, ra, rb)
 
@@ -235,4 +235,4 @@ def test_rmsnorm_changes_small_width_prediction():
     kw = dict(n_layers=6, d_model=32, n_heads=4, seq_len=24, scheme="xavier")
     a = predict(ModelConfig(**kw)).to_records()
     b = predict(ModelConfig(norm_type="rmsnorm", **kw)).to_records()
-    assert any(abs(ra["grad_var"] - rb["grad_var"]) > 1e-3 * ra["grad_var"] for ra, rb in zip(a, b))
+    assert any(abs(ra["grad_var"] - rb["grad_var"]) > 1e-3 * ra["grad_var"] for ra, rb in zip(a, b, strict=True))

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from .components import Attention, Dropout, GatedProduct, GeLU, Linear, ReLU, SiLU
 from .moments import Grad, Signal, _grad, _signal, clip_corr
 
-
 _FFN_ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
 _GATED = {"swiglu": "silu", "geglu": "gelu"}
 

@@ -323,7 +323,8 @@ def check_embedding(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 CHECKS: dict[str, Callable[[dict, Any, Any], list[Row]]] = {
     "linear": check_linear, "dropout": check_dropout, "relu": check_relu, "gelu": check_gelu,
     "silu": check_silu, "layernorm": check_layernorm, "rmsnorm": check_rmsnorm,
-    "ffn_swiglu": check_ffn_swiglu, "ffn_geglu": check_ffn_geglu, "softmax": check_softmax, "attention": check_attention,
+    "ffn_swiglu": check_ffn_swiglu, "ffn_geglu": check_ffn_geglu, "softmax": check_softmax,
+    "attention": check_attention,
     "attention_causal": check_attention_causal, "cross_attention": check_cross_attention,
     "embedding": check_embedding,
 }
@@ -434,7 +435,7 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
             pt = dict(base, sx=logu(0.5, 2.0), rx=rng.uniform(0, 0.8), m1=logu(0.3162, 3.1623),
                       m3=logu(0.5, 2.0), m2=logu(0.5, 2.0), p=rng.uniform(0, 1 / 3),
                       rg=rng.uniform(0, 0.8), d=rng.randint(64, 128), d_ff=rng.randint(128, 384),
-                      L=32, runs=32)
+                      L=32, runs=96)
         elif name == "layernorm":
             pt = dict(base, mu=rng.uniform(-10, 10), rx=rng.uniform(0, 0.8),
                       rg=rng.uniform(0, 0.8), d=rng.randint(64, 256), L=64, runs=32)
