@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .components import Attention, Dropout, GatedProduct, GeLU, Linear, ReLU, SiLU
+from .components import Attention, Dropout, GatedProduct, GeLU, Linear, ReLU, SiLU, _reuse_moments
 from .moments import Grad, Signal, _grad, _signal, clip_corr
 
 _FFN_ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
@@ -137,8 +137,23 @@ class FFNBlock:
         (ga_v, ga_c), (gb_v, gb_c) = gate._bwd2(a, b, gv, gc)
         v1, c1 = fc1._bwd(x.mean, x.var, x.corr, ga_v, ga_c)
         v3, c3 = fc3._bwd(x.mean, x.var, x.corr, gb_v, gb_c)
-        var = v1 + v3
+        var = v1 + v3 + self._reuse_var(a, b, gv)
         return var, clip_corr((v1 * c1 + v3 * c3) / var) if var > 0 else 0.0
+
+    def _reuse_var(self, a: tuple[float, float, float], b: tuple[float, float, float], gv: float) -> float:
+        """The O(1/d) weight-reuse terms of the input-gradient variance of a gated block.
+
+        W1 enters g_a = g_h b act'(a) through a = x W1, and W1, W3 both enter the cross term of
+        |W1 g_a + W3 g_b|^2. Gaussian integration by parts over one weight entry (Stein's lemma;
+        docs/theory.md) adds, per input unit, d_ff sigma_1^2 v_h var_b [E[act'^2 a^2]/var_a - m2'
+        + 2 E[act act' a]/var_a] / d_model, v_h the gradient variance at the product. The token
+        covariance keeps the leading term (its reuse terms are r times smaller and not modelled).
+        """
+        if not a[1] > 0:
+            return 0.0
+        e_self, e_cross = _reuse_moments(_GATED[self.activation], a[1])
+        dm2 = self._parts[1]._act._gate_moments(a[1], 0.0)[2]
+        return self.d_ff * self.w1_var * gv * b[1] * (e_self - dm2 + 2.0 * e_cross) / self.d_model
 
 
 # head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output

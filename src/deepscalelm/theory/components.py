@@ -269,6 +269,38 @@ def _silu_series(s2: float) -> tuple[float, float, tuple[float, ...], float, flo
     return out
 
 
+_EXTRA_MEMO: dict[tuple[str, float], tuple[float, float]] = {}
+
+
+def _reuse_moments(name: str, s2: float) -> tuple[float, float]:
+    """(E[f'(a)^2 a^2]/s2, E[f(a) f'(a) a]/s2) for a ~ N(0, s2), f = SiLU or GeLU: the kernels of the
+    O(1/d) weight-reuse terms of a gated block's backward (`FFNBlock`). Trapezoid rule as in
+    `_silu_series`, cached per variance."""
+    key = (name, s2)
+    hit = _EXTRA_MEMO.get(key)
+    if hit is not None:
+        return hit
+    import numpy as np
+
+    s = math.sqrt(s2)
+    h = max(min(0.2, 0.6 / s), 0.005)
+    z = np.arange(-14.0, 14.0 + 0.5 * h, h)
+    w = np.exp(-0.5 * z * z) * (h / math.sqrt(_TWO_PI))
+    x = s * z
+    if name == "silu":
+        cdf = 0.5 * (1.0 + np.tanh(0.5 * x))
+        fp = cdf * (1.0 + x * (1.0 - cdf))
+    else:
+        cdf = 0.5 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x]))
+        fp = cdf + x * np.exp(-0.5 * x * x) / math.sqrt(_TWO_PI)
+    f = x * cdf
+    out = (float(w @ (fp * fp * x * x)) / s2, float(w @ (f * fp * x)) / s2)
+    if len(_EXTRA_MEMO) > 1024:
+        _EXTRA_MEMO.clear()
+    _EXTRA_MEMO[key] = out
+    return out
+
+
 def _mehler(coeffs: tuple[float, ...], tail: float, r: float) -> float:
     """sum_n coeffs[n] r^n, plus the truncated tail (exact at r = 1) taken as tail * r^N for r > 0."""
     acc = 0.0

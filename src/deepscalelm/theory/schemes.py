@@ -206,7 +206,7 @@ def dslm_ffn_variances(config: ModelConfig) -> dict[str, float]:
       forward *and* unit backward gain. DSLM keeps the forward gain at 1 (the stream variance
       depends on it) with unit gate and up pre-activations, sigma_1^2 = sigma_3^2 = 1/d, and
       sigma_2^2 = (1-p)/(m2(1) d_ff); the block's backward gain is then 1 + m2'(1)/m2(1)
-      (SwiGLU 2.067, GeGLU 2.072), so each FFN merge multiplies the gradient variance by
+      (SwiGLU 2.067, GeGLU 2.072; plus O(1/d), `FFNBlock._reuse_var`), so each FFN merge multiplies the gradient variance by
       1 + beta^2 (gain - 1), a depth-independent total of about exp(1.07 k/2) over a stack with
       depth_unit "blocks".
     """
