@@ -257,8 +257,9 @@ def dslm(config: ModelConfig) -> Scheme:
         if "layers." in n and n.endswith(".weight"):
             w = n[n.rfind(".", 0, -7) + 1:-7]
             if w in per_layer:
-                if per_layer[w] is not None:   # V and O: set below from the correlation schedule
-                    wv[n] = per_layer[w]
+                value = per_layer[w]
+                if value is not None:   # V and O: set below from the correlation schedule
+                    wv[n] = value
                 continue
         if n == "patch_emb.weight":
             wv[n] = emb_var / cols
