@@ -49,8 +49,9 @@ def register(subparsers: Any) -> None:
         description="Sample each component on a grid of input moments, measure the output and "
                     "gradient moments and print the percentile errors of the closed forms.")
     p.add_argument("--component", default="all",
-                   help="component name or 'all' (linear, dropout, relu, gelu, layernorm, softmax, "
-                        "attention, attention_causal, cross_attention, embedding)")
+                   help="component name or 'all' (linear, dropout, relu, gelu, silu, layernorm, rmsnorm, "
+                        "ffn_swiglu, ffn_geglu, softmax, attention, attention_causal, cross_attention, "
+                        "embedding)")
     p.add_argument("--quick", action="store_true",
                    help="reduced grids (under 2 minutes for all components on 2 cores)")
     p.add_argument("--grid", choices=("authors", "random"), default=None,

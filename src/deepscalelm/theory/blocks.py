@@ -12,13 +12,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .components import Attention, Dropout, GeLU, Linear, ReLU
+from .components import Attention, Dropout, GatedProduct, GeLU, Linear, ReLU, SiLU, _reuse_moments
 from .moments import Grad, Signal, _grad, _signal, clip_corr
+
+_FFN_ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
+_GATED = {"swiglu": "silu", "geglu": "gelu"}
 
 
 @dataclass(frozen=True)
 class FFNBlock:
-    """Linear(d -> d_ff, w1_var) -> ReLU|GeLU -> Linear(d_ff -> d, w2_var) -> Dropout(p)."""
+    """The feed-forward block, ending in its output dropout.
+
+    * ``activation`` relu, gelu, silu: Linear(d -> d_ff, w1_var) -> act -> Linear(d_ff -> d, w2_var)
+      -> Dropout(p).
+    * gated, swiglu (act = SiLU) or geglu (act = GeLU): out = W2(act(x W1) * (x W3)) -> Dropout(p),
+      W1 the gate (variance ``w1_var``), W3 the up projection (``w3_var``, required), both
+      d -> d_ff, W2 the down projection d_ff -> d. The gate and up pre-activations are zero-mean
+      Gaussians with the same token correlation (one input) and independent (two weight matrices);
+      `deepscalelm.theory.components.GatedProduct` gives the moments of their product, and the
+      input gradient is the sum of the gate path W1 g_a and the up path W3 g_b (uncorrelated:
+      independent weights), var_x = d_ff (w1_var var_ga + w3_var var_gb), covariances alike.
+
+    Assumes an input of fixed norm per token (a norm output, as in every model): for a Gaussian
+    input the gated product's variance would be higher by about 1 + 2/d (a and b share |x|).
+    """
 
     d_model: int
     d_ff: int
@@ -26,17 +43,30 @@ class FFNBlock:
     w2_var: float
     activation: str = "relu"
     dropout: float = 0.0
+    w3_var: float | None = None
     _parts: tuple = field(init=False, repr=False, compare=False)
     _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.activation not in ("relu", "gelu"):
-            raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
-        parts = (Linear(self.d_model, self.d_ff, self.w1_var),
-                 ReLU() if self.activation == "relu" else GeLU(),
-                 Linear(self.d_ff, self.d_model, self.w2_var),
-                 Dropout(self.dropout))
+        if self.activation not in _FFN_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(_FFN_ACTIVATIONS)}, got {self.activation!r}")
+        if self.gated:
+            if self.w3_var is None:
+                raise ValueError(f"w3_var (variance of the up projection W3) is required for the gated "
+                                 f"activation {self.activation!r}")
+            parts: tuple = (Linear(self.d_model, self.d_ff, self.w1_var), GatedProduct(_GATED[self.activation]),
+                            Linear(self.d_model, self.d_ff, self.w3_var),
+                            Linear(self.d_ff, self.d_model, self.w2_var), Dropout(self.dropout))
+        else:
+            act = {"relu": ReLU, "gelu": GeLU, "silu": SiLU}[self.activation]()
+            parts = (Linear(self.d_model, self.d_ff, self.w1_var), act,
+                     Linear(self.d_ff, self.d_model, self.w2_var), Dropout(self.dropout))
         object.__setattr__(self, "_parts", parts)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the block is a gated MLP (three weight matrices)."""
+        return self.activation in _GATED
 
     def _inputs(self, x: Signal) -> list[Signal]:
         """Moments at the input of each part (memoised per input: forward and backward share them)."""
@@ -51,6 +81,8 @@ class FFNBlock:
         return ins
 
     def forward(self, x: Signal) -> Signal:
+        if self.gated:
+            return self._trace(x)[0]
         return self._parts[-1].forward(self._inputs(x)[-1])
 
     def backward(self, x: Signal, g: Grad) -> Grad:
@@ -63,8 +95,15 @@ class FFNBlock:
         of their forward methods, without a record per part). The whole-model engine keeps the
         trace with its step and hands it to `_backward_trace`: at 1000 layers one shared block
         sees 1000 inputs, more than a memo holds, so the backward pass would otherwise recompute
-        every forward.
+        every forward. Gated blocks: (gate pre-activation, up pre-activation, product, W2 output).
         """
+        if self.gated:
+            fc1, gate, fc3, fc2, drop = self._parts
+            a = fc1._fwd(x.mean, x.var, x.corr)
+            b = fc3._fwd(x.mean, x.var, x.corr)
+            h = gate._fwd2(a, b)
+            c = fc2._fwd(*h)
+            return _signal(*drop._fwd(*c)), (a, b, h, c)
         fc1, act, fc2, drop = self._parts
         a = fc1._fwd(x.mean, x.var, x.corr)
         b = act._fwd(*a)
@@ -79,12 +118,42 @@ class FFNBlock:
                     kv: None = None) -> tuple[float, float]:
         """`_backward_trace` as (variance, correlation): the engine feeds it to the LayerNorm and
         merge formulas without an intermediate record."""
-        a, b, c = self._trace(x)[1] if trace is None else trace
+        if trace is None:
+            trace = self._trace(x)[1]
+        if self.gated:
+            return self._backward_gated(x, trace, g_var, g_corr)
+        a, b, c = trace
         fc1, act, fc2, drop = self._parts   # last part first
         gv, gc = drop._bwd(*c, g_var, g_corr)
         gv, gc = fc2._bwd(*b, gv, gc)
         gv, gc = act._bwd(*a, gv, gc)
         return fc1._bwd(x.mean, x.var, x.corr, gv, gc)
+
+    def _backward_gated(self, x: Signal, trace: tuple, g_var: float, g_corr: float) -> tuple[float, float]:
+        a, b, h, c = trace
+        fc1, gate, fc3, fc2, drop = self._parts
+        gv, gc = drop._bwd(*c, g_var, g_corr)
+        gv, gc = fc2._bwd(*h, gv, gc)
+        (ga_v, ga_c), (gb_v, gb_c) = gate._bwd2(a, b, gv, gc)
+        v1, c1 = fc1._bwd(x.mean, x.var, x.corr, ga_v, ga_c)
+        v3, c3 = fc3._bwd(x.mean, x.var, x.corr, gb_v, gb_c)
+        var = v1 + v3 + self._reuse_var(a, b, gv)
+        return var, clip_corr((v1 * c1 + v3 * c3) / var) if var > 0 else 0.0
+
+    def _reuse_var(self, a: tuple[float, float, float], b: tuple[float, float, float], gv: float) -> float:
+        """The O(1/d) weight-reuse terms of the input-gradient variance of a gated block.
+
+        W1 enters g_a = g_h b act'(a) through a = x W1, and W1, W3 both enter the cross term of
+        |W1 g_a + W3 g_b|^2. Gaussian integration by parts over one weight entry (Stein's lemma;
+        docs/theory.md) adds, per input unit, d_ff sigma_1^2 v_h var_b [E[act'^2 a^2]/var_a - m2'
+        + 2 E[act act' a]/var_a] / d_model, v_h the gradient variance at the product. The token
+        covariance keeps the leading term (its reuse terms are r times smaller and not modelled).
+        """
+        if not a[1] > 0:
+            return 0.0
+        e_self, e_cross = _reuse_moments(_GATED[self.activation], a[1])
+        dm2 = self._parts[1]._act._gate_moments(a[1], 0.0)[2]
+        return self.d_ff * self.w1_var * gv * b[1] * (e_self - dm2 + 2.0 * e_cross) / self.d_model
 
 
 # head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output

@@ -62,7 +62,7 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
     ``forward_out``, when given, receives {stack: (embedding signal, steps, stack output)}: the
     forward pass of the finished model, which `predict` can reuse instead of recomputing it.
     """
-    from .model import _UnitVOSchedule, embedding_signal, forward_stack
+    from .model import _UnitVOSchedule, embedding_signal, forward_stack, norm_of
 
     resolve = _UnitVOSchedule(config, weight_var.__getitem__)
     chosen = resolve.chosen
@@ -76,9 +76,7 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
         if forward_out is not None:
             forward_out[stack] = (emb, steps, out)
         if config.norm == "pre":
-            from .components import LayerNorm
-
-            out = LayerNorm(config.d_model).forward(out)
+            out = norm_of(config).forward(out)
         memory = out
     return chosen
 

@@ -13,7 +13,9 @@ Weights, with (rows, cols) = PyTorch shape (for linear layers: (fan_out, fan_in)
 * per layer i (0-based, as in ``model.layers[i]``):
   ``{stack}layers.{i}.attn.{q,k,v,o}.weight`` (d, d);
   decoder of an encoder-decoder: ``decoder.layers.{i}.cross.{q,k,v,o}.weight`` (d, d);
-  ``{stack}layers.{i}.ffn.fc1.weight`` (d_ff, d), ``{stack}layers.{i}.ffn.fc2.weight`` (d, d_ff).
+  ``{stack}layers.{i}.ffn.fc1.weight`` (d_ff, d), ``{stack}layers.{i}.ffn.fc2.weight`` (d, d_ff);
+  gated activations (swiglu, geglu) also ``{stack}layers.{i}.ffn.fc3.weight`` (d_ff, d), the up
+  projection W3 (fc1 is the gate W1, fc2 the down projection W2: fc2(act(fc1 x) * fc3 x)).
 * heads: encoder MLM ``mlm_dense.weight`` (d, d); an untied LM head ``head.weight`` (V, d);
   ViT classifier ``head.weight`` (n_classes, d).
 
@@ -55,6 +57,8 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
             for block in layer_blocks(config, stack):
                 if block == "ffn":
                     shapes[f"{stack}layers.{i}.ffn.fc1.weight"] = (f, d)
+                    if config.gated:
+                        shapes[f"{stack}layers.{i}.ffn.fc3.weight"] = (f, d)
                     shapes[f"{stack}layers.{i}.ffn.fc2.weight"] = (d, f)
                 else:
                     for w in "qkvo":

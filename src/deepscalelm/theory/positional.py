@@ -44,6 +44,7 @@ import math
 
 import numpy as np
 
+from .components import RMSNorm
 from .moments import Grad, Signal, clip_corr
 
 __all__ = ["window_masses", "window_masses_var", "attention_forward", "attention_position_var", "ffn_forward",
@@ -325,11 +326,15 @@ def exchangeable(g: Grad, L: int) -> np.ndarray:
     return G
 
 
-def _ln_corr(Z: np.ndarray, d: int) -> np.ndarray:
-    """Token covariance after LayerNorm: unit variance, correlation r (1 - (1 - r^2)/(2(d-1)))."""
+def _ln_corr(Z: np.ndarray, d: int, dims: int | None = None) -> np.ndarray:
+    """Token covariance after LayerNorm: unit variance, correlation r (1 - (1 - r^2)/(2(d-1))).
+
+    ``dims``: the dimension in place of d-1 (d for an RMSNorm of a zero-mean input, which does not
+    remove the mean)."""
+    n = d - 1 if dims is None else dims
     sd = np.sqrt(np.maximum(np.diag(Z), 1e-300))
     C = np.clip(Z / np.outer(sd, sd), -1.0, 1.0)
-    C = C * (1.0 - (1.0 - C * C) / (2.0 * (d - 1)))
+    C = C * (1.0 - (1.0 - C * C) / (2.0 * n))
     C[np.diag_indices(len(Z))] = 1.0
     return C
 
@@ -338,11 +343,12 @@ def forward_positional(config, steps, emb: Signal) -> list[tuple[np.ndarray, np.
     """Per step: (per-position variance of the stream before the merge, of z = lam x + beta F, and
     the window statistics `_Win` of a causal attention block's input, None for other blocks)."""
     L, d = config.seq_len, config.d_model
+    dims = d if config.norm_type == "rmsnorm" else None
     pre = config.norm == "pre"
     Kx = _exchangeable_cov(emb, L)
     out = []
     for st in steps:
-        Kh = _ln_corr(Kx, d) if pre else Kx
+        Kh = _ln_corr(Kx, d, dims) if pre else Kx
         win = None
         if st.kv is not None:
             Kf = _exchangeable_cov(st.f, L)
@@ -354,8 +360,21 @@ def forward_positional(config, steps, emb: Signal) -> list[tuple[np.ndarray, np.
             Kf = ffn_forward(st.comp, Kh)
         Z = st.merge.lam ** 2 * Kx + st.merge.beta ** 2 * Kf
         out.append((np.diag(Kx).copy(), np.diag(Z).copy(), win))
-        Kx = Z if pre else _ln_corr(Z, d)
+        Kx = Z if pre else _ln_corr(Z, d, dims)
     return out
+
+
+def _rms_grad(G: np.ndarray, rms: RMSNorm | None, corr: float) -> np.ndarray:
+    """An RMSNorm's finite-d backward factors (`RMSNorm._grad_factors` of a zero-mean input with the
+    pooled correlation ``corr``, relative to the 1/variance already applied per position) on G.
+    Nothing for a LayerNorm (``rms`` None)."""
+    if rms is None:
+        return G
+    fv, fc = rms._grad_factors(0.0, 1.0, corr)
+    diag = np.diag(G) * fv
+    G *= fc
+    G[np.diag_indices(len(G))] = diag
+    return G
 
 
 def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad | None = None):
@@ -368,6 +387,7 @@ def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad 
     """
     L = config.seq_len
     pre = config.norm == "pre"
+    rms = RMSNorm(config.d_model) if config.norm_type == "rmsnorm" else None
     if not isinstance(emb, Signal):
         emb = Signal(0.0, float(emb), 0.0)
     g_top = seed if seed is not None else g_top
@@ -376,7 +396,7 @@ def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad 
     if pre:
         x_last = fwd[-1][1] if steps else np.full(L, emb.var)
         sd = 1.0 / np.sqrt(x_last)
-        G = G * np.outer(sd, sd)
+        G = _rms_grad(G * np.outer(sd, sd), rms, steps[-1].y.corr if steps else emb.corr)
     after: list[Grad] = [Grad(0.0, 0.0)] * len(steps)
     kv_grads: list[Grad] = []
     for k in range(len(steps) - 1, -1, -1):
@@ -389,6 +409,7 @@ def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad 
             sd = 1.0 / np.sqrt(z_var)
             Gz = G * sd[:, None]
             Gz *= sd[None, :]
+            Gz = _rms_grad(Gz, rms, st.z.corr)
         if st.kv is not None:
             gb = _linear_backward(st.comp, st.h, Gz, kv=st.kv)
             gkv = st.comp.backward_kv(st.h, pooled(Gz), st.kv)
@@ -401,6 +422,7 @@ def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad 
             sd = 1.0 / np.sqrt(x_var)
             gb *= sd[:, None]
             gb *= sd[None, :]
+            gb = _rms_grad(gb, rms, st.x.corr)
         gb *= st.merge.beta ** 2
         gb += st.merge.lam ** 2 * Gz
         G = gb

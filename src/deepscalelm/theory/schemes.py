@@ -8,7 +8,8 @@ Schemes:
 
 * ``dslm``  DeepScaleLM (the paper's DeepScaleLM scheme), generalised; see `dslm`.
 * ``xavier`` the authors' baseline: Q,K,V 2/(d+d_head); O 1/d;
-  FFN 2/(d+d_ff) (= 2/(5d) at d_ff = 4d); embeddings 1/d; MLM dense 1/d; other heads
+  FFN 2/(d+d_ff) (= 2/(5d) at d_ff = 4d; the gated MLP's up projection fc3 likewise); embeddings
+  1/d; MLM dense 1/d; other heads
   2/(fan_in+fan_out); merges (1, 1).
 * ``normal`` every weight N(0, std^2) (std = config.std, default 0.02); merges (1, 1).
 * ``gpt2`` ``normal`` with the residual output projections (attention O, cross-attention O, FFN fc2)
@@ -16,9 +17,9 @@ Schemes:
   1/sqrt(2 * n_layer)); merges (1, 1).
 * ``deepnet`` DeepNorm (Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000 Layers"), Post-LN
   only: x <- LN(alpha*x + F(x)), i.e. merges (alpha, 1); Xavier-normal init with gain beta_d on
-  V, O, fc1, fc2 and gain 1 on Q, K. Encoder-only (N layers): alpha=(2N)^(1/4), beta_d=(8N)^(-1/4);
-  decoder-only (M layers): alpha=(2M)^(1/4), beta_d=(8M)^(-1/4); encoder-decoder: encoder
-  alpha=0.81(N^4 M)^(1/16), beta_d=0.87(N^4 M)^(-1/16); decoder alpha=(3M)^(1/4),
+  V, O, fc1, fc2 (and a gated MLP's fc3) and gain 1 on Q, K. Encoder-only (N layers): alpha=(2N)^(1/4),
+  beta_d=(8N)^(-1/4); decoder-only (M layers): alpha=(2M)^(1/4), beta_d=(8M)^(-1/4); encoder-decoder:
+  encoder alpha=0.81(N^4 M)^(1/16), beta_d=0.87(N^4 M)^(-1/16); decoder alpha=(3M)^(1/4),
   beta_d=(12M)^(-1/4). Embeddings 1/d.
 * ``completep`` CompleteP (Dey et al. 2025), alpha = 1: merges (1, min(1, 4/N)), matrices 1/fan_in,
   unit-variance embeddings; see `completep`.
@@ -32,6 +33,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from ..config import ModelConfig
+from .components import gelu_moments, silu_moments
 from .naming import layer_blocks, merge_names, n_embedding_tables, weight_shapes
 
 # E[GeLU(z)^2] for z ~ N(0, 1) (the paper's Table 1, GeLU): the forward gain of GeLU at unit input.
@@ -139,7 +141,7 @@ def deepnet(config: ModelConfig) -> Scheme:
     wv, merges = {}, {}
     for n, (rows, cols) in weight_shapes(config).items():
         _, beta_d = deepnet_constants(config, _stack_of(n))
-        if n.endswith((".v.weight", ".o.weight", ".fc1.weight", ".fc2.weight")):
+        if n.endswith((".v.weight", ".o.weight", ".fc1.weight", ".fc2.weight", ".fc3.weight")):
             wv[n] = beta_d ** 2 * _xavier(rows, cols)
         elif n.endswith((".q.weight", ".k.weight")):
             wv[n] = _xavier(rows, cols)
@@ -184,6 +186,48 @@ def embedding_corr(config: ModelConfig) -> float:
     return share / t
 
 
+def dslm_ffn_variances(config: ModelConfig) -> dict[str, float]:
+    """DSLM's FFN weight variances {"fc1": ..., "fc2": ...[, "fc3": ...]} for unit forward gain.
+
+    The FFN reads a norm output (mean 0, variance 1, fixed norm per token), and its output after
+    dropout must have variance 1 so that lam^2 + beta^2 = 1 keeps the stream at unit variance.
+
+    * ReLU: var_F = d d_ff sigma_1^2 sigma_2^2 / (2(1-p)) = 1 with sigma_1^2 = sigma_2^2
+      (= sqrt(2(1-p)/(d d_ff))); backward gain d d_ff sigma_1^2 sigma_2^2/(2(1-p)) = 1 as well.
+    * GeLU, SiLU: pre-activation variance 1 (sigma_1^2 = 1/d) and sigma_2^2 = (1-p)/(E[act(z)^2] d_ff)
+      with z ~ N(0, 1) (E[GeLU^2] = 0.42522, E[SiLU^2] = 0.35578). The backward gain is then
+      E[act'^2]/E[act^2] (GeLU 1.072, SiLU 1.067): these activations are not homogeneous, and the
+      forward gain is the one DSLM fixes (as the paper does for GeLU).
+    * SwiGLU, GeGLU, out = W2(act(x W1) * (x W3)): with gate variance s_a^2 = d sigma_1^2, up
+      variance s_b^2 = d sigma_3^2 and A = d_ff sigma_2^2/(1-p), the forward gain is
+      A s_b^2 m2(s_a^2) (m2 = E[act(a)^2]) and the backward gain (gate path plus up path) is
+      A s_b^2 (m2(s_a^2) + s_a^2 m2'(s_a^2)) (m2' = E[act'(a)^2]). Their ratio,
+      1 + s_a^2 m2'(s_a^2)/m2(s_a^2), does not depend on sigma_2 or sigma_3 and stays between 2.00
+      and 2.07 for SwiGLU and GeGLU over gate variances 0.01-100 (-> 2 at both ends): the
+      block is a product of two linear maps of x, so no Gaussian initialisation gives it unit
+      forward *and* unit backward gain. DSLM keeps the forward gain at 1 (the stream variance
+      depends on it) with unit gate and up pre-activations, sigma_1^2 = sigma_3^2 = 1/d, and
+      sigma_2^2 = (1-p)/(m2(1) d_ff); the block's backward gain is then 1 + m2'(1)/m2(1)
+      (SwiGLU 2.067, GeGLU 2.072; plus O(1/d), `FFNBlock._reuse_var`), so each FFN merge multiplies the gradient variance by
+      1 + beta^2 (gain - 1), a depth-independent total of about exp(1.07 k/2) over a stack with
+      depth_unit "blocks".
+    """
+    d, f, p = config.d_model, config.ffn_dim, config.dropout
+    act = config.activation
+    if act == "relu":
+        w = math.sqrt(2 * (1 - p) / (d * f))
+        return {"fc1": w, "fc2": w}
+    if act == "gelu":
+        m2 = GELU_SECOND_MOMENT   # the rounded constant of the original scheme (pinned numbers)
+    else:
+        mean, var = (gelu_moments if act == "geglu" else silu_moments)(1.0)
+        m2 = var + mean * mean
+    out = {"fc1": 1.0 / d, "fc2": (1 - p) / (m2 * f)}
+    if config.gated:
+        out["fc3"] = 1.0 / d
+    return out
+
+
 def dslm(config: ModelConfig) -> Scheme:
     """DeepScaleLM (the paper's DeepScaleLM scheme): unit forward and backward moments at every layer.
 
@@ -193,31 +237,31 @@ def dslm(config: ModelConfig) -> Scheme:
     * V, O of layer l: equal variances with d^2 sigma_V^2 sigma_O^2 chosen so the attention block's
       output variance, after dropout, is 1 (see `deepscalelm.theory.dslm_schedule`);
       cross-attention uses the encoder output's correlation;
-    * FFN (ReLU): sigma_1^2 = sigma_2^2 = sqrt(2(1-p)/(d d_ff)) (= sqrt((1-p)/2)/d at d_ff = 4d);
-      FFN (GeLU): sigma_1^2 = 1/d (unit pre-activation), sigma_2^2 = (1-p)/(E[GeLU^2] d_ff);
+    * FFN: see `dslm_ffn_variances` (ReLU: sigma_1^2 = sigma_2^2 = sqrt(2(1-p)/(d d_ff)); GeLU, SiLU:
+      sigma_1^2 = 1/d, sigma_2^2 = (1-p)/(E[act^2] d_ff); SwiGLU, GeGLU: gate and up 1/d, down
+      (1-p)/(E[act^2] d_ff));
     * merges: lam^2 = 1 - beta^2, beta^2 = `dslm_beta2`;
     * tied LM head: ``head_scale`` = 1/sqrt(d * sigma_tok^2) so logits have unit variance;
       MLM dense, untied and classifier heads: 1/fan_in.
     """
     from .dslm_schedule import attention_vo_variances  # local: needs the propagation engine
 
-    d, f, p = config.d_model, config.ffn_dim, config.dropout
+    d = config.d_model
     t = n_embedding_tables(config)
     emb_var = (1.0 - config.emb_p) / t
     wv: dict[str, float] = {}
     shapes = weight_shapes(config)
-    relu = config.activation == "relu"
+    ffn = dslm_ffn_variances(config)
     # the per-layer weights ({stack}layers.{i}.{block}.{w}.weight, see naming.weight_shapes), by
     # their {w}: the values the chain below gives them, computed once instead of per weight
-    per_layer = {"q": 1.0 / d, "k": 1.0 / d, "v": None, "o": None,
-                 "fc1": math.sqrt(2 * (1 - p) / (d * f)) if relu else 1.0 / d,
-                 "fc2": math.sqrt(2 * (1 - p) / (d * f)) if relu else (1 - p) / (GELU_SECOND_MOMENT * f)}
+    per_layer: dict[str, float | None] = {"q": 1.0 / d, "k": 1.0 / d, "v": None, "o": None, **ffn}
     for n, (rows, cols) in shapes.items():
         if "layers." in n and n.endswith(".weight"):
             w = n[n.rfind(".", 0, -7) + 1:-7]
             if w in per_layer:
-                if per_layer[w] is not None:   # V and O: set below from the correlation schedule
-                    wv[n] = per_layer[w]
+                value = per_layer[w]
+                if value is not None:   # V and O: set below from the correlation schedule
+                    wv[n] = value
                 continue
         if n == "patch_emb.weight":
             wv[n] = emb_var / cols
@@ -227,11 +271,8 @@ def dslm(config: ModelConfig) -> Scheme:
             wv[n] = 1.0 / d
         elif n.endswith((".v.weight", ".o.weight")):
             continue  # set below from the correlation schedule
-        elif n.endswith(".fc1.weight"):
-            wv[n] = math.sqrt(2 * (1 - p) / (d * f)) if config.activation == "relu" else 1.0 / d
-        elif n.endswith(".fc2.weight"):
-            wv[n] = (math.sqrt(2 * (1 - p) / (d * f)) if config.activation == "relu"
-                     else (1 - p) / (GELU_SECOND_MOMENT * f))
+        elif n.endswith((".fc1.weight", ".fc2.weight", ".fc3.weight")):
+            wv[n] = ffn[n[n.rfind(".", 0, -7) + 1:-7]]
         else:  # heads read a unit-variance stream
             wv[n] = 1.0 / cols
     merges = {}
@@ -306,5 +347,6 @@ def get_scheme(config: ModelConfig, name: str | None = None) -> Scheme:
     return SCHEME_FUNCTIONS[name](config)
 
 
-__all__ = ["Scheme", "get_scheme", "dslm", "xavier", "normal", "gpt2", "deepnet", "completep", "dslm_beta2",
+__all__ = ["Scheme", "get_scheme", "dslm", "dslm_ffn_variances", "xavier", "normal", "gpt2", "deepnet", "completep",
+           "dslm_beta2",
            "embedding_corr", "deepnet_constants", "SCHEME_FUNCTIONS", "GELU_SECOND_MOMENT"]

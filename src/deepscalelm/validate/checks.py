@@ -111,6 +111,8 @@ def _check_act(name: str, pt: dict, gen: Any, dtype: Any) -> list[Row]:
     x = sample_field(runs, L, d, 0.0, pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
     if name == "relu":
         y, comp = torch.relu(x), C.ReLU()
+    elif name == "silu":
+        y, comp = torch.nn.functional.silu(x), C.SiLU()
     else:
         y, comp = torch.nn.functional.gelu(x), C.GeLU()
     g = sample_field(runs, L, d, 0.0, pt["sg"], pt["rg"], gen, dtype)
@@ -126,6 +128,66 @@ def check_relu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 def check_gelu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
     return _check_act("gelu", pt, gen, dtype)
+
+
+def check_silu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_act("silu", pt, gen, dtype)
+
+
+def check_rmsnorm(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    """x / sqrt(mean(x^2)) over the d hidden units of each token (no affine part)."""
+    from ..theory.components import RMSNorm
+
+    torch = _torch()
+    runs, L, d = pt["runs"], pt["L"], pt["d"]
+    x = sample_field(runs, L, d, pt["mu"], pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    y = x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True))
+    g = sample_field(runs, L, d, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    gx = _backprop(x, y, g)
+    comp = RMSNorm(d)
+    xs = Signal(pt["mu"], pt["sx"] ** 2, pt["rx"])
+    return (_std_rows("x", measure(y), comp.forward(xs))
+            + _std_rows("g", measure(gx), comp.backward(xs, Grad(pt["sg"] ** 2, pt["rg"]))))
+
+
+def _check_gated_ffn(act: str, pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    """The gated FFN block W2(act(x W1) * (x W3)) -> dropout, fresh weights per run.
+
+    The input is what the block reads in a model, a norm output: Gaussian tokens rescaled to the
+    fixed norm sqrt(d) * sx (an RMSNorm output times sx), whose token correlation is
+    `RMSNorm._corr` of the sampled one. (A Gaussian input with a fluctuating norm would raise
+    E[act(a)^2 b^2] by about 1 + 2/d, since a and b share the norm of x.)
+    """
+    from ..theory.blocks import FFNBlock
+    from ..theory.components import RMSNorm
+
+    torch = _torch()
+    F = torch.nn.functional
+    runs, L, d, f, p = pt["runs"], pt["L"], pt["d"], pt["d_ff"], pt["p"]
+    x = sample_field(runs, L, d, 0.0, 1.0, pt["rx"], gen, dtype)
+    x = (x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True)) * pt["sx"]).requires_grad_(True)
+    w1 = _weights(runs, d, f, pt["m1"] / math.sqrt(d), gen, dtype)
+    w3 = _weights(runs, d, f, pt["m3"] / math.sqrt(d), gen, dtype)
+    w2 = _weights(runs, f, d, pt["m2"] / math.sqrt(f), gen, dtype)
+    a, b = torch.bmm(x, w1), torch.bmm(x, w3)
+    h = (F.silu(a) if act == "swiglu" else F.gelu(a)) * b
+    y = torch.bmm(h, w2)
+    if p > 0:
+        y = y * (torch.rand(y.shape, generator=gen, dtype=dtype) >= p).to(dtype) / (1.0 - p)
+    g = sample_field(runs, L, d, 0.0, pt["sg"], pt["rg"], gen, dtype)
+    gx = _backprop(x, y, g)
+    comp = FFNBlock(d, f, pt["m1"] ** 2 / d, pt["m2"] ** 2 / f, act, p, w3_var=pt["m3"] ** 2 / d)
+    xs = Signal(0.0, pt["sx"] ** 2, RMSNorm(d)._corr(pt["rx"]))
+    return (_std_rows("x", measure(y), comp.forward(xs))
+            + _std_rows("g", measure(gx), comp.backward(xs, Grad(pt["sg"] ** 2, pt["rg"]))))
+
+
+def check_ffn_swiglu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_gated_ffn("swiglu", pt, gen, dtype)
+
+
+def check_ffn_geglu(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_gated_ffn("geglu", pt, gen, dtype)
 
 
 def check_layernorm(pt: dict, gen: Any, dtype: Any) -> list[Row]:
@@ -260,7 +322,9 @@ def check_embedding(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 CHECKS: dict[str, Callable[[dict, Any, Any], list[Row]]] = {
     "linear": check_linear, "dropout": check_dropout, "relu": check_relu, "gelu": check_gelu,
-    "layernorm": check_layernorm, "softmax": check_softmax, "attention": check_attention,
+    "silu": check_silu, "layernorm": check_layernorm, "rmsnorm": check_rmsnorm,
+    "ffn_swiglu": check_ffn_swiglu, "ffn_geglu": check_ffn_geglu, "softmax": check_softmax,
+    "attention": check_attention,
     "attention_causal": check_attention_causal, "cross_attention": check_cross_attention,
     "embedding": check_embedding,
 }
@@ -278,9 +342,15 @@ def authors_grid(name: str) -> list[dict]:
     if name == "linear":
         return _product(mu=[0.1, 1, 10], sx=_S3, rx=_R3, mw=[0.1, 1, 10], sg=_S3, rg=_R3,
                         d_in=[100, 316, 1000], d_out=[100, 316, 1000], L=[100, 1000], runs=[100])
-    if name in ("relu", "gelu"):
+    if name in ("relu", "gelu", "silu"):
         return _product(sx=_S3, rx=_R5, sg=_S3, rg=_R5, d=[1], L=[100, 1000],
                         runs=[10000 if name == "relu" else 100000])
+    if name == "rmsnorm":
+        return _product(mu=[-10, 0, 3.333], sx=_S3, rx=_R5, sg=_S3, rg=_R5,
+                        d=[100, 316, 1000], L=[100, 1000], runs=[100])
+    if name in ("ffn_swiglu", "ffn_geglu"):
+        return _product(sx=[0.5, 1.0, 2.0], rx=_R3, m1=_S3, m3=[1.0], m2=[1.0], p=[0.0, 1 / 3],
+                        sg=[1.0], rg=_R3, d=[100, 316], d_ff=[256, 1000], L=[100], runs=[32])
     if name == "layernorm":
         return _product(mu=[-10, -3.333, 3.333], sx=_S3, rx=_R5, sg=_S3, rg=_R5,
                         d=[100, 316, 1000], L=[100, 1000], runs=[100])
@@ -307,9 +377,15 @@ def quick_grid(name: str) -> list[dict]:
     if name == "linear":
         return _product(mu=[0.1, 10], sx=[0.3162, 3.1623], rx=[0.0, 2 / 3], mw=[1.0], sg=[1.0],
                         rg=[0.0, 2 / 3], d_in=[64, 128], d_out=[64], L=[32], runs=[48])
-    if name in ("relu", "gelu"):
+    if name in ("relu", "gelu", "silu"):
         return _product(sx=_S3, rx=[0.0, 0.4, 0.8], sg=[1.0], rg=[0.0, 0.8], d=[64], L=[32],
                         runs=[128])
+    if name == "rmsnorm":
+        return _product(mu=[0.0, -10, 3.333], sx=[0.3162, 3.1623], rx=[0.0, 0.8], sg=[1.0],
+                        rg=[0.0, 0.8], d=[64, 128], L=[32], runs=[48])
+    if name in ("ffn_swiglu", "ffn_geglu"):
+        return _product(sx=[1.0], rx=[0.0, 0.6], m1=[0.5, 1.0, 2.0], m3=[1.0], m2=[1.0],
+                        p=[0.0, 1 / 3], sg=[1.0], rg=[0.0, 0.6], d=[64], d_ff=[192], L=[32], runs=[32])
     if name == "layernorm":
         return _product(mu=[-10, 3.333], sx=[3.1623], rx=[0.0, 0.4, 0.8], sg=[1.0],
                         rg=[0.0, 0.8], d=[64, 128], L=[32], runs=[48])
@@ -348,8 +424,18 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
             pt = dict(base, mu=rng.choice([-1, 1]) * logu(0.1, 10), rx=rng.uniform(0, 2 / 3),
                       mw=logu(0.1, 10), rg=rng.uniform(0, 2 / 3), d_in=rng.randint(64, 256),
                       d_out=rng.randint(64, 256), L=rng.randint(32, 128), runs=32)
-        elif name in ("relu", "gelu"):
+        elif name in ("relu", "gelu", "silu"):
             pt = dict(base, rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8), d=64, L=64, runs=128)
+        elif name == "rmsnorm":
+            # half the points at mu = 0 (a residual stream), half with a mean up to 10 sigma-units
+            mu = 0.0 if rng.random() < 0.5 else rng.uniform(-10, 10)
+            pt = dict(base, mu=mu, rx=rng.uniform(0, 0.8), rg=rng.uniform(0, 0.8),
+                      d=rng.randint(64, 256), L=64, runs=32)
+        elif name in ("ffn_swiglu", "ffn_geglu"):
+            pt = dict(base, sx=logu(0.5, 2.0), rx=rng.uniform(0, 0.8), m1=logu(0.3162, 3.1623),
+                      m3=logu(0.5, 2.0), m2=logu(0.5, 2.0), p=rng.uniform(0, 1 / 3),
+                      rg=rng.uniform(0, 0.8), d=rng.randint(64, 128), d_ff=rng.randint(128, 384),
+                      L=32, runs=96)
         elif name == "layernorm":
             pt = dict(base, mu=rng.uniform(-10, 10), rx=rng.uniform(0, 0.8),
                       rg=rng.uniform(0, 0.8), d=rng.randint(64, 256), L=64, runs=32)
