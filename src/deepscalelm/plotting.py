@@ -53,14 +53,20 @@ def plot_trajectories(trajs: Sequence[Trajectory], path: str | Path, labels: Seq
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     """Write a matplotlib figure to ``path`` through a temporary sibling and a rename (no partial
-    PNG is ever left), then close it."""
+    PNG is ever left), then close it. The format follows the suffix (PNG when there is none)."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fmt = path.suffix[1:].lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        plt.close(fig)
+        raise ValueError(f"cannot write a {fmt!r} image to {path}: use one of the suffixes "
+                         f"{', '.join('.' + k for k in sorted(supported))}")
     try:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, format=fmt)
     finally:
         plt.close(fig)
     tmp.replace(path)
