@@ -75,3 +75,11 @@ def test_check_every_default_shows_about_15_layers(capsys):
 def test_check_plot_bad_suffix_exits_2(tmp_path, capsys):
     assert main(["check", *SMALL, "--plot", str(tmp_path / "r.jpq")]) == 2
     assert "suffixes" in capsys.readouterr().err
+
+
+def test_check_vit_on_a_fashion_mnist_directory(tmp_path, capsys):
+    from train_helpers import tiny_fashion_mnist
+
+    vit = ["--arch", "vit", "--n-layers", "2", "--d-model", "32", "--n-heads", "4", "--batch-size", "3"]
+    assert main(["check", *vit, "--data", tiny_fashion_mnist(tmp_path)]) == 0
+    assert "3 Fashion-MNIST images from" in capsys.readouterr().out
