@@ -49,9 +49,15 @@ def _write(path: Path, text: str) -> None:
 
 
 def _num(v: Any, spec: str) -> str:
+    """``v`` formatted with ``spec``; "" for None; no "-0.000" for values that round to zero."""
     if v is None:
         return ""
-    return format(v, spec) if math.isfinite(v) else str(v)
+    if not math.isfinite(v):
+        return str(v)
+    text = format(v, spec)
+    if text.strip().startswith("-") and "e" not in text and float(text) == 0.0:
+        text = format(0.0, spec)
+    return text
 
 
 @dataclass
@@ -157,37 +163,16 @@ class CheckReport:
                     f"d_model={cfg['d_model']}")
         return f"dslm check: {what} ({m.get('protocol', '?')} protocol, preset {m.get('preset', '?')})"
 
-    def layer_axis(self) -> tuple[list[float], list[tuple[float, str]]]:
-        """x position of every row in layers, and (x, stack) where each later stack starts.
+    def _keys(self) -> list[tuple[str, int, str]]:
+        return [(r["stack"], r["layer"], r["block"]) for r in self.rows]
 
-        Layer l's stream points are spread evenly over (l - 1, l] (its last point at l), the
-        embedding sits at 0 and a final norm at N + 0.5. Each further stack (the decoder of an
-        encoder-decoder) continues one layer after the previous stack's end."""
-        xs: list[float] = []
-        starts: list[tuple[float, str]] = []
-        offset, prev_stack, stack_end = 0.0, None, 0.0
-        counts: dict[tuple[str, int], int] = {}
-        for r in self.rows:
-            if r["block"] not in ("embedding", "final_norm"):
-                counts[(r["stack"], r["layer"])] = counts.get((r["stack"], r["layer"]), 0) + 1
-        seen: dict[tuple[str, int], int] = {}
-        for r in self.rows:
-            if r["stack"] != prev_stack:
-                if prev_stack is not None:
-                    offset = stack_end + 1.0
-                    starts.append((offset, r["stack"]))
-                prev_stack = r["stack"]
-            key = (r["stack"], r["layer"])
-            if r["block"] == "embedding":
-                x = 0.0
-            elif r["block"] == "final_norm":
-                x = r["layer"] + 0.5
-            else:
-                seen[key] = seen.get(key, 0) + 1
-                x = r["layer"] - 1 + seen[key] / counts[key]
-            xs.append(offset + x)
-            stack_end = max(stack_end, offset + x)
-        return xs, starts
+    def layer_axis(self) -> tuple[list[float], list[tuple[float, str]]]:
+        """x position of every row in layers, and (x, stack) where each later stack starts (see
+        `deepscalelm.plotting.layer_positions`: layer l's points in (l - 1, l], embedding at 0,
+        final norm at N + 0.5)."""
+        from ..plotting import layer_positions
+
+        return layer_positions(self._keys())
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """PNG with four panels against the layer: forward variance, token correlation, gradient
@@ -198,9 +183,10 @@ class CheckReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from ..plotting import layer_axis_label
+
         xs, starts = self.layer_axis()
-        xlabel = "layer" + (" (" + ", then ".join(dict.fromkeys(r["stack"] for r in self.rows)) + ")"
-                            if starts else "")
+        xlabel = layer_axis_label(self._keys())
         fig, axes = plt.subplots(1, 4, figsize=(19, 4.1))
         for ax, (key, desc) in zip(axes[:3], (("var", "forward variance"), ("corr", "token correlation"),
                                               ("grad_var", "gradient variance"))):
@@ -234,22 +220,15 @@ class CheckReport:
         return save_figure(fig, path, dpi=100)
 
     def _broken(self, xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
-        """``xs``/``ys`` with a NaN between stacks, so that a line does not join two stacks."""
-        bx: list[float] = []
-        by: list[float] = []
-        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-            if i and self.rows[i]["stack"] != self.rows[i - 1]["stack"]:
-                bx.append(math.nan)
-                by.append(math.nan)
-            bx.append(x)
-            by.append(y)
-        return bx, by
+        from ..plotting import broken_at_stacks
+
+        return broken_at_stacks(self._keys(), xs, ys)
 
     @staticmethod
     def _decorate(ax: Any, desc: str, xlabel: str, starts: list[tuple[float, str]]) -> None:
         ax.set_title(desc, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        for x, stack in starts:
-            ax.axvline(x - 0.5, color="grey", lw=0.8, ls=":")
-            ax.annotate(stack, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=8, va="top")
+        from ..plotting import mark_stacks
+
+        mark_stacks(ax, starts)
