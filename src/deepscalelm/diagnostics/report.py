@@ -202,7 +202,8 @@ class CheckReport:
             self._decorate(ax, desc, xlabel, starts)
             ax.legend(fontsize=8)
         ax = axes[3]
-        ax_pts = [(x, r["logit_var"], r["logit_max"]) for x, r in zip(xs, self.rows, strict=True) if r["logit_var"] is not None]
+        ax_pts = [(x, r["logit_var"], r["logit_max"]) for x, r in zip(xs, self.rows, strict=True)
+                  if r["logit_var"] is not None]
         if ax_pts:
             ax.plot([p[0] for p in ax_pts], [p[1] for p in ax_pts], "o-", ms=2, lw=1.2, label="logit variance (worst head)")
             ax.plot([p[0] for p in ax_pts], [p[2] for p in ax_pts], "s-", ms=2, lw=1.2, label="max logit")
