@@ -46,6 +46,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute layer activations in the backward pass (less memory)")
     p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP (under torchrun)")
+    p.add_argument("--parametrization", choices=["standard", "dslm", "completep"],
+                   help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
+                        "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -57,7 +60,7 @@ _FLAGS = {  # argparse dest -> config key
     "seed": "train.seed", "seq_len": "model.seq_len", "n_layers": "model.n_layers", "d_model": "model.d_model",
     "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
-    "fsdp": "train.fsdp", "on_nan": "train.on_nan",
+    "fsdp": "train.fsdp", "on_nan": "train.on_nan", "parametrization": "train.parametrization",
 }
 
 

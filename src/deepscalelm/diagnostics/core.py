@@ -151,18 +151,25 @@ def _join_prediction(rows: list[dict[str, Any]], config: Any, scheme: Any, proto
     variance nor zero token correlation (next-token cross-entropy at initialisation gives every
     position roughly ``-(e_target - mean e)``, correlated across positions through frequent
     targets); the theory is then seeded with the gradient variance and correlation measured there,
-    so that it predicts what this protocol measures (``meta["pred_seed"]``)."""
+    so that it predicts what this protocol measures (``meta["pred_seed"]``).
+
+    When the theory does not cover ``config`` (`predict` raises ValueError, e.g. a block whose moments
+    it has no formula for), the ``pred_*`` columns stay None and the reason is returned as
+    ``prediction_error``: the measured diagnosis is still reported."""
     from ..theory.model import predict
     from ..theory.moments import Grad
 
     seed = Grad(1.0, 0.0)
     seeded_from = "unit variance, zero correlation (the paper's protocol)"
-    traj = predict(config, scheme)
-    if protocol == "loss" and len(traj):
-        measured = _output_gradient(rows, traj.records[-1].key)
-        if measured is not None:
-            seed, seeded_from = measured, "measured at the final hidden state"
-            traj = predict(config, scheme, seed)
+    try:
+        traj = predict(config, scheme)
+        if protocol == "loss" and len(traj):
+            measured = _output_gradient(rows, traj.records[-1].key)
+            if measured is not None:
+                seed, seeded_from = measured, "measured at the final hidden state"
+                traj = predict(config, scheme, seed)
+    except ValueError as exc:
+        return {"predicted": False, "prediction_error": str(exc), "config": config.to_dict()}
     index = {r.key: r for r in traj}
     last_of_layer: dict[tuple[str, int], Any] = {}
     for r in traj:
