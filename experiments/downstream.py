@@ -36,6 +36,7 @@ import torch
 from deepscalelm import ModelConfig
 from deepscalelm.errors import DSLMError
 from deepscalelm.finetune import FinetuneConfig, finetune
+from deepscalelm.formatting import mean_std_text
 from deepscalelm.models import build_model
 from deepscalelm.tasks import load_task
 from deepscalelm.train import TrainConfig, train
@@ -172,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     ck.write_json_atomic(dest, results)
     print(f"\nwrote {dest}\n")
-    print("| task | model | best lr | dev acc | test acc (mean ± std) | majority |")
+    print("| task | model | best lr | dev acc | test acc (mean ± std over seeds) | majority |")
     print("|---|---|---|---|---|---|")
     for task, per in results["tasks"].items():
         for name, r in per.items():
-            print(f"| {task} | {name} | {r['best_lr']:g} | {r['dev_mean']:.3f} ± {r['dev_std']:.3f} | "
-                  f"{r['test_mean']:.3f} ± {r['test_std']:.3f} | {r['majority_test_acc']:.3f} |")
+            n = r["n_seeds"]
+            print(f"| {task} | {name} | {r['best_lr']:g} | {mean_std_text(r['dev_mean'], r['dev_std'], n, 3)} | "
+                  f"{mean_std_text(r['test_mean'], r['test_std'], n, 3)} | {r['majority_test_acc']:.3f} |")
     return 0
 
 

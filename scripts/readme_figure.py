@@ -22,17 +22,21 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     base = dict(n_layers=args.layers, d_model=256, n_heads=4, seq_len=256, arch="encoder")
-    setups = [("Pre-LN, xavier", dict(norm="pre", scheme="xavier")),
-              ("Post-LN, xavier", dict(norm="post", scheme="xavier")),
-              ("DSLM Pre-LN", dict(norm="pre", scheme="dslm")),
-              ("DSLM Post-LN", dict(norm="post", scheme="dslm"))]
+    # (label, config, line style): the two DSLM curves nearly coincide, so one is drawn solid and
+    # thick, the other dashed with markers on top of it, and both stay visible
+    every = max(1, args.layers // 12)
+    setups = [("Pre-LN, xavier", dict(norm="pre", scheme="xavier"), dict(color="C0", ls="-", lw=1.5)),
+              ("Post-LN, xavier", dict(norm="post", scheme="xavier"), dict(color="C1", ls="-", lw=1.5)),
+              ("DSLM Pre-LN", dict(norm="pre", scheme="dslm"), dict(color="C2", ls="-", lw=3.0, alpha=0.6)),
+              ("DSLM Post-LN", dict(norm="post", scheme="dslm"),
+               dict(color="C3", ls="--", lw=1.3, marker="o", ms=4, markevery=(every // 2, every)))]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for label, kw in setups:
+    for label, kw, style in setups:
         t = predict(ModelConfig(**base, **kw)).select("ffn")
         layers = t.column("layer")
-        axes[0].plot(layers, t.column("var"), label=label)
-        axes[1].plot(layers, t.column("corr"), label=label)
-        axes[2].plot(layers, t.column("grad_var"), label=label)
+        axes[0].plot(layers, t.column("var"), label=label, **style)
+        axes[1].plot(layers, t.column("corr"), label=label, **style)
+        axes[2].plot(layers, t.column("grad_var"), label=label, **style)
     for ax, title in zip(axes, ("forward variance of the stream", "token-to-token correlation",
                                 "gradient variance of the stream")):
         ax.set_title(title, fontsize=10)

@@ -78,7 +78,14 @@ def test_sample_and_eval_commands_work_from_a_checkpoint(tmp_path, capsys):
     f = tmp_path / "other.txt"
     f.write_text("To be, or not to be, that is the question.\n" * 20)
     assert main(["eval", str(tmp_path / "run"), "--file", str(f)]) == 0
-    assert "val_bpb" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "file_loss" in out and "file_bpb" in out and "val_loss" not in out and "on --file" in out
+    assert main(["eval", str(tmp_path / "run"), "--split", "train", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["data"] == "train" and "train_loss" in res and "val_loss" not in res
+    # no --prompt: the run's own prompt, here the start of its training text's first line
+    assert main(["sample", str(tmp_path / "run"), "--length", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("First Citizen:")
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -95,3 +102,16 @@ def test_leftovers_of_a_killed_checkpoint_write_are_ignored_and_cleaned(tmp_path
     res = train(out, TINY, t.replace(max_steps=6), resume=True, progress=False, log=lambda *_: None)
     assert res.steps == 6 and not partial.exists()
     assert sorted(p.name for p in root.iterdir()) == ["step-0000003", "step-0000006"]
+
+
+def test_sample_on_an_encoder_run_says_an_encoder(tmp_path, capsys):
+    from deepscalelm.cli import main
+    from deepscalelm.errors import with_article
+
+    assert [with_article(w) for w in ("encoder", "decoder", "encoder-decoder", "vit")] == [
+        "an encoder", "a decoder", "an encoder-decoder", "a vit"]
+    enc = TINY.replace(arch="encoder")
+    train(tmp_path / "enc", enc, tiny_train(tmp_path, max_steps=1, eval_interval=1, ckpt_interval=1),
+          progress=False, log=lambda *_: None)
+    assert main(["sample", str(tmp_path / "enc"), "--prompt", "a"]) == 2
+    assert "is an encoder model" in capsys.readouterr().err

@@ -80,7 +80,8 @@ def test_tiny_training_learns_and_is_seeded(tmp_path):
     la = losses(tmp_path / "a")
     assert len(la) == 40 and all(math.isfinite(x) for x in la)
     assert sum(la[-5:]) / 5 < sum(la[:5]) / 5 - 0.3
-    assert res.final["val_bpb"] < 8 and res.sample.startswith(t.sample_prompt)
+    # the user's own --data: the sample continues the start of its first line, not "ROMEO:"
+    assert res.final["val_bpb"] < 8 and res.sample.startswith("First Citizen:")
     train(tmp_path / "b", TINY, t, **QUIET)
     assert losses(tmp_path / "b") == la
 
@@ -205,3 +206,41 @@ def test_activation_checkpointing_same_losses_and_bf16_autocast_runs(tmp_path):
     with pytest.raises(DSLMError, match="fp16 training needs a GPU"):
         train(tmp_path / "fp16", TINY, t.replace(precision="fp16"), **QUIET)
     assert not (tmp_path / "fp16").exists()
+
+
+def test_default_sample_prompt():
+    from deepscalelm.train.run import BUILTIN_PROMPT, default_sample_prompt
+
+    assert default_sample_prompt(None, "anything") == BUILTIN_PROMPT == "ROMEO:"
+    assert default_sample_prompt("tinyshakespeare", "") == "ROMEO:"
+    assert default_sample_prompt("my.txt", "\n\n  Chapter 1\nIt was") == "Chapter 1"
+    assert default_sample_prompt("my.txt", "the quick brown fox jumps over the dog") == "the quick brown fox"
+    assert default_sample_prompt("my.txt", "x" * 50) == "x" * 20
+    assert default_sample_prompt("my.txt", " \n ") == ""
+
+
+def test_non_tty_progress_is_a_plain_line_every_log_interval(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    err = io.StringIO()  # not a terminal: no tqdm bar
+    monkeypatch.setattr(sys, "stderr", err)
+    lines: list[str] = []
+    train(tmp_path / "r", TINY, cfg(tmp_path, log_interval=2), progress=True, log=lines.append)
+    steps = [ln for ln in lines if ln.startswith("step ") and "loss" in ln and "ETA" in ln]
+    assert [ln.split(":")[0] for ln in steps] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert "tokens/s" in steps[0] and "it/s" not in err.getvalue() and "train:" not in err.getvalue()
+
+
+def test_vit_training_reports_images_per_second_and_accuracy(tmp_path):
+    from train_helpers import tiny_fashion_mnist
+
+    vit = ModelConfig(arch="vit", n_layers=2, d_model=16, n_heads=2, image_size=28, patch_size=7)
+    t = cfg(tmp_path, data=tiny_fashion_mnist(tmp_path), max_steps=2, eval_interval=2, ckpt_interval=2)
+    res = train(tmp_path / "v", vit, t, **QUIET)
+    assert res.unit == "images" and set(res.final) == {"val_loss", "val_acc"}
+    recs = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss" in r and "val_loss" not in r]
+    assert steps and all("images_per_s" in r and "tokens_per_s" not in r for r in steps)
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert "images_per_s" in summary and "val_ppl" not in summary and 0 <= summary["val_acc"] <= 1

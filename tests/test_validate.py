@@ -74,7 +74,7 @@ def test_run_points_reports_percentiles():
 
 
 def _args(**kw):
-    base = dict(component="relu", quick=True, grid=None, seed=3, points=4, stride=9, json=None)
+    base = dict(component="relu", quick=True, grid=None, seed=3, points=4, stride=9, json=None, strict=False)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -88,6 +88,22 @@ def test_cli_validate_runs_and_writes_json(tmp_path, capsys):
     assert "relu" in text and "x var" in text and "0.5/1.9/3.4" in text   # authors' reference
     data = json.loads(out.read_text())
     assert data["results"]["relu"]["quantities"]["x var"]["n"] == 2
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(("PASS: ", "FAIL: ")) and data["verdict"] == last
+    assert data["passed"] == last.startswith("PASS")
+
+
+def test_validate_overall_verdict():
+    from deepscalelm.commands.validate import PASS_P90_PCT, judged, overall
+
+    def res(p90s):
+        return {"attention": {"quantities": {q: {"percentiles_pct": [1.0, v, v]} for q, v in p90s.items()}}}
+
+    ok, line = overall(res({"x var": 4.0, "g var": PASS_P90_PCT, "g var [paper]": 80.0}))
+    assert ok and line.startswith("PASS: 2 of 2 quantities")
+    ok, line = overall(res({"x var": 4.0, "g var": PASS_P90_PCT + 0.1}))
+    assert not ok and line.startswith("FAIL: 1 of 2") and "attention g var 15.1 %" in line
+    assert judged("x var [full]") and not judged("x var [approx]") and not judged("g var [no qk]")
 
 
 def test_cli_validate_is_registered_and_rejects_bad_input():

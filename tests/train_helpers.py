@@ -24,3 +24,23 @@ def tiny_train_config(tmp_path: Path, **kw) -> TrainConfig:
                 eval_batches=2, ckpt_interval=3, sample_tokens=8, log_interval=1, seed=7, threads=1)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def tiny_fashion_mnist(tmp_path: Path, n_train: int = 32, n_test: int = 16) -> str:
+    """A directory of random 28x28 Fashion-MNIST-format IDX files (10 classes); returns its path."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d = tmp_path / "fmnist"
+    d.mkdir(exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, arr, magic in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 2051),
+                                 ("labels-idx1-ubyte", rng.integers(0, 10, (n,)), 2049)):
+            a = arr.astype(np.uint8)
+            raw = struct.pack(">I", magic) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+            with gzip.open(d / f"{prefix}-{kind}.gz", "wb") as fh:
+                fh.write(raw)
+    return str(d)

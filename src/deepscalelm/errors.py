@@ -5,4 +5,10 @@ class DSLMError(Exception):
     """A user-facing error (bad file, incompatible checkpoint, ...); the CLI prints it and exits 2."""
 
 
-__all__ = ["DSLMError"]
+def with_article(word: str) -> str:
+    """``word`` preceded by "a" or "an" as it is pronounced by its first letter ("an encoder",
+    "a decoder", "an encoder-decoder", "a vit"); for messages."""
+    return ("an " if word[:1].lower() in "aeiou" and word[:1] else "a ") + word
+
+
+__all__ = ["DSLMError", "with_article"]

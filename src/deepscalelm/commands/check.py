@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from ..errors import DSLMError
 from ._config_args import add_config_arguments, config_from_args
@@ -15,36 +16,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         "check", help="diagnose signal propagation of a model on one batch (measured vs predicted)",
         description="One forward + backward pass on a real batch: per-layer stream variance, token "
                     "correlation, gradient moments, attention-logit statistics and weight-gradient norms, "
-                    "beside the closed-form prediction, with plain-word verdicts (thresholds: "
-                    "docs/diagnostics.md). Without --checkpoint the model is built from the config flags.")
+                    "beside the closed-form prediction, with plain-word verdicts, including one when "
+                    "measurement and prediction disagree beyond the tolerance (thresholds: "
+                    "docs/diagnostics.md). Works for every arch: decoder and encoder take byte windows of "
+                    "the text, encoder-decoder a source window and the window after it as target, vit "
+                    "images with labels. Without --checkpoint the model is built from the config flags.")
     p.add_argument("--checkpoint", metavar="DIR", help="a deepscalelm training run or checkpoint directory "
                                                        "(model config from its run.json)")
-    p.add_argument("--data", metavar="FILE", default="tinyshakespeare",
-                   help="text whose bytes form the batch (byte ids; needs vocab_size >= 256): a file, "
-                        "'tinyshakespeare' (built-in corpus, default) or 'random' (uniform random ids)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences in the batch (default: 8)")
+    p.add_argument("--data", metavar="FILE",
+                   help="text models: a text file whose bytes form the batch (byte ids; needs vocab_size >= "
+                        "256), 'tinyshakespeare' (built-in corpus, the default) or 'random' (uniform random "
+                        "ids); vit: a Fashion-MNIST directory or 'random' (Gaussian images and random "
+                        "labels, the default)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences or images in the batch (default: 8)")
     p.add_argument("--protocol", choices=("loss", "paper"), default="loss",
-                   help="backpropagate the model's loss (default) or a Gaussian gradient at the output (paper)")
+                   help="backpropagate the model's loss (default; the theory is then seeded with the gradient "
+                        "moments measured at the output) or a Gaussian gradient at the output (paper)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, data offsets and dropout")
     p.add_argument("--eval", action="store_true", help="eval mode (no dropout); the prediction keeps dropout")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON ('-' for stdout)")
     p.add_argument("--csv", metavar="FILE", help="write the per-layer rows as CSV ('-' for stdout)")
-    p.add_argument("--plot", metavar="FILE.png", help="measured and predicted curves, four panels")
-    p.add_argument("--every", type=int, default=0, metavar="K", help="table: every K-th layer (default: ~15 rows)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a PNG: measured and predicted curves against the "
+                                                      "layer, four panels")
+    p.add_argument("--every", type=int, default=0, metavar="K",
+                   help="table: every K-th layer with all its sublayers, plus the embedding, layer 1 and the "
+                        "last layer (default: K such that about 15 layers are shown)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a verdict fires")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
 
-def _batch(data: str, config, batch_size: int, seed: int):
-    """Token ids [batch_size, seq_len] from the bytes of ``data`` at seeded offsets, or random ids."""
+def _text_windows(data: str, config, batch_size: int, length: int, rng) -> tuple[Any, str]:
+    """Byte windows [batch_size, length] of ``data`` (a file or 'tinyshakespeare') at seeded offsets."""
     import numpy as np
-    import torch
 
-    L = config.seq_len
-    rng = np.random.default_rng(seed)
-    if data == "random":
-        return torch.from_numpy(rng.integers(0, config.vocab_size, size=(batch_size, L))), "random ids"
     if config.vocab_size < 256:
         raise ValueError(f"--data text is fed as byte ids (0..255) but vocab_size={config.vocab_size}; "
                          "use --vocab-size 256 or more, or --data random")
@@ -52,12 +57,63 @@ def _batch(data: str, config, batch_size: int, seed: int):
 
     corpus = load_corpus(None if data == "tinyshakespeare" else data, val_fraction=0.1)
     split = corpus.splits["train"]
-    raw = read_split_text(split, limit=max(1 << 16, 4 * batch_size * L)).encode("utf-8")
-    if len(raw) < L + 1:
-        raise DSLMError(f"{data} holds {len(raw)} bytes, fewer than seq_len={L} + 1")
-    starts = rng.integers(0, len(raw) - L, size=batch_size)
-    arr = np.stack([np.frombuffer(raw[s:s + L], dtype=np.uint8) for s in starts]).astype(np.int64)
-    return torch.from_numpy(arr), f"{len(starts)} windows of {corpus.name}"
+    raw = read_split_text(split, limit=max(1 << 16, 4 * batch_size * length)).encode("utf-8")
+    if len(raw) < length + 1:
+        raise DSLMError(f"{data} holds {len(raw)} bytes, fewer than the {length} + 1 one batch row needs")
+    starts = rng.integers(0, len(raw) - length, size=batch_size)
+    arr = np.stack([np.frombuffer(raw[s:s + length], dtype=np.uint8) for s in starts]).astype(np.int64)
+    return arr, f"{len(starts)} windows of {corpus.name}"
+
+
+def _images(data: str, config, batch_size: int, rng) -> tuple[Any, Any, str]:
+    """(images [B, C, H, W] float32, labels [B], description) for a ViT."""
+    import numpy as np
+
+    shape = (batch_size, config.channels, config.image_size, config.image_size)
+    if data == "random":
+        images = rng.standard_normal(shape).astype(np.float32)
+        labels = rng.integers(0, config.n_classes, size=batch_size)
+        return images, labels, f"{batch_size} Gaussian images with random labels"
+    from ..data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+
+    x, y = load_fashion_mnist(data)["train"]
+    if (1,) + x.shape[1:] != shape[1:]:
+        raise DSLMError(f"{data}: images are {x.shape[1]}x{x.shape[2]} grayscale but the model expects "
+                        f"{config.image_size}x{config.image_size}x{config.channels}")
+    idx = rng.integers(0, len(x), size=batch_size)
+    images = ((x[idx].astype(np.float32) / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD)[:, None]
+    return images, y[idx].astype(np.int64), f"{batch_size} Fashion-MNIST images from {data}"
+
+
+def _batch(data: str | None, config, batch_size: int, seed: int) -> tuple[Any, Any, str]:
+    """(batch the model is called with, targets or None, description) for ``config.arch``.
+
+    decoder/encoder: token ids [B, seq_len]; encoder-decoder: (source [B, L], target [B, L]), the
+    target being the L bytes after the source (random ids for 'random'); vit: images and labels."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    L = config.seq_len
+    if config.arch == "vit":
+        images, labels, what = _images(data or "random", config, batch_size, rng)
+        return torch.from_numpy(images), torch.from_numpy(labels), what
+    data = data or "tinyshakespeare"
+    length = 2 * L if config.arch == "encoder-decoder" else L
+    if data == "random":
+        arr, what = rng.integers(0, config.vocab_size, size=(batch_size, length)), "random ids"
+    else:
+        arr, what = _text_windows(data, config, batch_size, length, rng)
+    ids = torch.from_numpy(arr)
+    if config.arch == "encoder-decoder":
+        return (ids[:, :L], ids[:, L:]), None, what + " (source, then the following bytes as target)"
+    return ids, None, what
+
+
+def _shape_text(batch: Any) -> str:
+    if isinstance(batch, tuple):
+        return " + ".join(str(list(b.shape)) for b in batch)
+    return str(list(batch.shape))
 
 
 def _load_checkpoint(path: str):
@@ -94,20 +150,16 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         model = build_model(config)
         source = "fresh initialisation"
-    if config.arch not in ("decoder", "encoder"):
-        raise ValueError(f"dslm check builds token batches for decoder/encoder models; arch={config.arch!r} "
-                         "needs the Python API deepscalelm.diagnostics.check(model, batch)")
-    ids, what = _batch(args.data, config, args.batch_size, args.seed)
+    batch, targets, what = _batch(args.data, config, args.batch_size, args.seed)
     model.train(not args.eval)
-    report = check(model, ids, config, protocol=args.protocol, seed=args.seed)
+    report = check(model, batch, config, protocol=args.protocol, targets=targets, seed=args.seed)
     wrote_stdout = write_tables(report, args)
     if args.plot:
-        report.plot(args.plot, title=f"{config.arch}, {config.norm}-LN, {config.scheme}, {config.n_layers} layers, "
-                                     f"d={config.d_model} ({args.protocol} protocol)")
+        report.plot(args.plot)
     if not wrote_stdout:
         print(f"deepscalelm check: {config.arch}, {config.norm}-LN, scheme={config.scheme}, {config.n_layers} layers, "
-              f"d_model={config.d_model}, {source}; batch: {what}, shape {list(ids.shape)}; protocol={args.protocol}; "
-              f"loss={report.meta['loss']:.4g}")
+              f"d_model={config.d_model}, {source}; preset={report.meta['preset']}; batch: {what}, shape "
+              f"{_shape_text(batch)}; protocol={args.protocol}; loss={report.meta['loss']:.4g}")
         print(report.table(args.every))
         print()
         print(report.summary())

@@ -18,6 +18,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: the idle cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.epilog = ("Results are named after what was evaluated: file_loss, file_ppl, file_bpb with --file; "
+                "<split>_loss, ... with --split (bpb: bits per byte of text; vit runs: <split>_acc).")
     p.set_defaults(func=run)
 
 
@@ -66,10 +68,18 @@ def run(args: argparse.Namespace) -> int:
             data = make_objective(objective, stream, mcfg, tcfg, tok, name)
             tpb = stream.tokens_per_byte
         res = evaluate(model, data, objective, args.batch_size, device, "fp32", args.max_batches, tpb)
-    res = {"checkpoint": str(ckpt), "step": state["step"], **res}
+    where = "file" if args.file else args.split
+    res = {"checkpoint": str(ckpt), "step": state["step"], "data": str(args.file) if args.file else args.split,
+           **relabel(res, where)}
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{ckpt} (step {state['step']}): " + ", ".join(
-            f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
+        print(f"{ckpt} (step {state['step']}) on {'--file ' + str(args.file) if args.file else args.split + ' split'}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
     return 0
+
+
+def relabel(metrics: dict[str, float], where: str) -> dict[str, float]:
+    """``val_loss`` -> ``<where>_loss`` etc.: the result names what was evaluated ("file", "train",
+    "val" or "test"), not the validation split it was computed like."""
+    return {(where + k[3:] if k.startswith("val_") else k): v for k, v in metrics.items()}

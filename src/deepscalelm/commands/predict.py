@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ._config_args import add_config_arguments, config_from_args
 from ._output import write_tables
@@ -10,29 +11,51 @@ from ._output import write_tables
 COLUMNS = ("stack", "layer", "block", "var", "corr", "grad_var", "grad_corr", "block_var")
 
 
+#: what each column means (printed under the table's help and in docs/theory.md)
+COLUMN_HELP = (
+    "Columns: var, corr = variance and token-to-token correlation of the residual stream after the "
+    "sublayer's merge; grad_var, grad_corr = the same for d(output)/d(stream), seeded at the final hidden "
+    "state with unit variance and zero correlation (the paper's protocol); block_var = variance of the "
+    "sublayer's own output F (attention or FFN, after its dropout, before the merge x <- lambda*x + "
+    "beta*F), empty for the embedding and the final norm. Layer 0 is the embedding output.")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import SCHEMES
+
     p = sub.add_parser("predict", help="predict per-layer forward/backward moments (no torch)",
                        description="Closed-form moments of the residual stream after every sublayer: "
                                    "forward variance and token correlation, gradient variance and "
-                                   "correlation (unit-variance gradient seeded at the output).")
+                                   "correlation (unit-variance gradient seeded at the output).",
+                       epilog=COLUMN_HELP)
     p.add_argument("--json", metavar="FILE", help="write the trajectory as JSON ('-' for stdout)")
     p.add_argument("--csv", metavar="FILE", help="write the trajectory as CSV ('-' for stdout)")
     p.add_argument("--plot", metavar="FILE.png", help="draw variance, correlation and gradient "
-                                                      "variance against depth")
+                                                      "variance against the layer")
+    p.add_argument("--compare-scheme", metavar="SCHEME", action="append", default=[], choices=SCHEMES,
+                   help="with --plot: also draw the prediction of the same model under this scheme "
+                        f"(repeatable; one of {', '.join(SCHEMES)}), e.g. DSLM beside a xavier baseline")
     p.add_argument("--positional", choices=("auto", "on", "off"), default="auto",
                    help="causal stacks: position-resolved backward pass (on), pooled (off), or "
                         "position-resolved when cheap (auto, default)")
     p.add_argument("--every", type=int, default=0, metavar="K",
-                   help="table: show every K-th layer only (default: about 30 rows)")
+                   help="table: every K-th layer with all its sublayers, plus the embedding, layer 1 and the "
+                        "last layer (default: K such that about 15 layers are shown)")
     add_config_arguments(p)
     p.set_defaults(func=run)
+
+
+def fixed(v: float, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals, and "0.000" (not "-0.000") for values that round to zero."""
+    text = f"{v:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
 
 
 def format_table(records: list[dict], every: int = 0) -> str:
     """Fixed-width table of the records; keeps the embedding, every K-th layer and the last layer."""
     layers = sorted({r["layer"] for r in records})
     if every <= 0:
-        every = max(1, len(layers) // 15)
+        every = max(1, math.ceil(max(layers, default=0) / 15))
     last = layers[-1] if layers else 0
     keep = [r for r in records if r["layer"] % every == 0 or r["layer"] in (1, last)]
     head = f"{'stack':<8}{'layer':>6}  {'block':<11}{'var':>11}{'corr':>8}{'grad_var':>11}" \
@@ -41,7 +64,7 @@ def format_table(records: list[dict], every: int = 0) -> str:
     for r in keep:
         bv = "" if r["block_var"] is None else f"{r['block_var']:.4g}"
         lines.append(f"{r['stack'] or '-':<8}{r['layer']:>6}  {r['block']:<11}{r['var']:>11.4g}"
-                     f"{r['corr']:>8.3f}{r['grad_var']:>11.4g}{r['grad_corr']:>10.3f}{bv:>11}")
+                     f"{fixed(r['corr']):>8}{r['grad_var']:>11.4g}{fixed(r['grad_corr']):>10}{bv:>11}")
     if len(keep) < len(records):
         lines.append(f"({len(records) - len(keep)} of {len(records)} rows hidden; --every 1 shows all, "
                      "--csv/--json write all)")
@@ -52,18 +75,26 @@ def run(args: argparse.Namespace) -> int:
     from ..theory.model import predict
 
     config = config_from_args(args)
-    traj = predict(config, positional={"auto": None, "on": True, "off": False}[args.positional])
+    if args.compare_scheme and not args.plot:
+        raise ValueError("--compare-scheme draws further schemes into the --plot figure; give --plot FILE.png")
+    positional = {"auto": None, "on": True, "off": False}[args.positional]
+    traj = predict(config, positional=positional)
     wrote_stdout = write_tables(traj, args)
     if args.plot:
         from ..plotting import plot_trajectories
 
-        plot_trajectories([traj], args.plot, [f"{config.scheme} ({config.norm}-LN), predicted"],
-                          title=f"{config.arch}, {config.n_layers} layers, d={config.d_model}")
+        schemes = [config.scheme] + [s for s in dict.fromkeys(args.compare_scheme) if s != config.scheme]
+        trajs = [traj] + [predict(config.replace(scheme=s), positional=positional) for s in schemes[1:]]
+        plot_trajectories(trajs, args.plot, [f"{s} ({config.norm}-LN), predicted" for s in schemes],
+                          title=f"Predicted: {config.arch}, {config.norm}-LN, {config.n_layers} layers, "
+                                f"d_model={config.d_model}, L={config.seq_len}")
     if not wrote_stdout:
         print(f"deepscalelm predict: {config.arch}, {config.norm}-LN, scheme={config.scheme}, "
               f"{config.n_layers} layers, d_model={config.d_model}, heads={config.n_heads}, "
               f"d_ff={config.ffn_dim}, L={config.seq_len}, dropout={config.dropout}")
         print(format_table(traj.to_records(), args.every))
+        print("block_var: variance of the sublayer's own output F before the merge x <- lambda*x + beta*F "
+              "(dslm predict --help explains every column)")
         for kind in ("json", "csv", "plot"):
             if getattr(args, kind):
                 print(f"wrote {getattr(args, kind)}")

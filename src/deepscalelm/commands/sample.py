@@ -10,7 +10,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                        description="Sample from a causal LM checkpoint: CHECKPOINT is a checkpoint "
                                    "directory or a run directory (its newest checkpoint).")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--prompt", default=None, help="text to continue (default: the run's sample prompt)")
+    p.add_argument("--prompt", default=None, help="text to continue (default: the run's sample prompt: "
+                                                   "'ROMEO:' on the built-in corpus, else the start of the "
+                                                   "training text's first line)")
     p.add_argument("--length", type=int, default=300, help="tokens to generate (default 300)")
     p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
     p.add_argument("--top-k", type=int, default=40, help="sample from the k most likely tokens (0 = all)")
@@ -21,7 +23,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import DSLMError
+    from ..errors import DSLMError, with_article
     from ..train.loop import generate
     from ..train.restore import load_for_inference
 
@@ -31,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     model, mcfg, tcfg, tok, ckpt, _ = load_for_inference(args.checkpoint, args.device, threads=args.threads)
     if mcfg.arch != "decoder" or tok is None:
-        raise DSLMError(f"checkpoint {ckpt} is a {mcfg.arch} model; sampling needs a decoder (causal LM)")
-    prompt = tcfg.sample_prompt if args.prompt is None else args.prompt
+        raise DSLMError(f"checkpoint {ckpt} is {with_article(mcfg.arch)} model; sampling needs a decoder (causal LM)")
+    prompt = (tcfg.sample_prompt or "") if args.prompt is None else args.prompt
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give a non-empty --prompt")

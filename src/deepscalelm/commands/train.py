@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"\nrun {res.run_dir}: {res.steps} steps in {res.seconds / 60:.1f} min this session, "
-                  f"{res.tokens_per_s:,.0f} tokens/s")
+                  f"{res.tokens_per_s:,.0f} {res.unit}/s")
             print("final " + ", ".join(f"{k} {v:.4f}" for k, v in res.final.items()))
             print(f"checkpoint {res.checkpoint}")
             if res.sample:

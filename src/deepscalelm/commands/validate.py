@@ -43,6 +43,32 @@ for _q, _v in (("x mean", (0.2, 1.0, 2.5)), ("x var", (1.4, 4.1, 7.8)), ("g var"
     AUTHORS_PERCENTILES[("attention", _q + " [paper]")] = _v
 
 
+#: a formula passes when the 90th percentile of its relative error over the grid is at most this (%).
+#: The quick grids' Monte-Carlo noise reaches about 10 % there (cross-attention query-gradient
+#: covariance, 32-96 runs per point); known-wrong alternatives exceed it (the paper's value-path
+#: attention variance: 24 %, its gradient variance: 80 %)
+PASS_P90_PCT = 15.0
+
+
+def judged(quantity: str) -> bool:
+    """Whether a quantity row counts for the overall verdict: our formulas (and softmax's exact
+    "[full]" one), not the bracketed alternatives ("[paper]", "[approx]", "[no qk]") printed beside them."""
+    return "[" not in quantity or quantity.endswith("[full]")
+
+
+def overall(results: dict[str, Any]) -> tuple[bool, str]:
+    """(passed, the overall line) from the per-component results `run` collects."""
+    rows = [(c, q, v["percentiles_pct"][1]) for c, r in results.items() for q, v in r["quantities"].items()
+            if judged(q)]
+    bad = [(c, q, p90) for c, q, p90 in rows if not p90 <= PASS_P90_PCT]
+    rule = (f"90th-percentile error <= {PASS_P90_PCT:g} % for each of our formulas; bracketed alternatives "
+            "not judged")
+    if not bad:
+        return True, f"PASS: {len(rows)} of {len(rows)} quantities within tolerance ({rule})"
+    worst = ", ".join(f"{c} {q} {p90:.1f} %" for c, q, p90 in sorted(bad, key=lambda t: -t[2])[:5])
+    return False, f"FAIL: {len(bad)} of {len(rows)} quantities beyond tolerance ({rule}): {worst}"
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "validate", help="Monte-Carlo check of the component moment formulas (the paper's component-check protocol)",
@@ -63,6 +89,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--stride", type=int, default=1,
                    help="use every STRIDE-th grid point (default 1)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when the overall verdict is FAIL")
+    p.epilog = (f"The last line is the overall verdict: PASS when the 90th-percentile relative error of each "
+                f"of our formulas is at most {PASS_P90_PCT:g} % (bracketed alternative formulas are printed "
+                "for comparison and not judged), FAIL with the worst quantities otherwise.")
     p.set_defaults(func=run)
 
 
@@ -111,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
                 "percentiles_pct": ours, "max_pct": worst, "n": r["n"],
                 "authors_pct": list(ref) if ref else None}
         print(f"{'':<17} ({secs:.1f} s)")
+    passed, line = overall(results)
+    print(line)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"grid": grid, "seed": args.seed, "results": results}, fh, indent=1,
-                      default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else o)
-    return 0
+            json.dump({"grid": grid, "seed": args.seed, "results": results, "passed": passed, "verdict": line},
+                      fh, indent=1, default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else o)
+    return 1 if getattr(args, "strict", False) and not passed else 0

@@ -112,20 +112,62 @@ def build_rows(points: Sequence[StreamPoint], specs: Sequence[AttentionSpec], re
     return rows, attention
 
 
+def _output_gradient(rows: list[dict[str, Any]], key: tuple[str, int, str]) -> Any:
+    """The measured gradient moments at the row joining the theory's last record ``key`` (the final
+    hidden state), as a `Grad`; None when that row is missing or its gradient is not finite and positive."""
+    from ..theory.moments import Grad
+
+    row = next((r for r in rows if (r["stack"], r["layer"], r["block"]) == key), None)
+    if row is None and key[2] != "final_norm":
+        row = next((r for r in reversed(rows) if r["stack"] == key[0] and r["layer"] == key[1]
+                    and r["block"] == "layer"), None)
+    if row is None or not (math.isfinite(row["grad_var"]) and row["grad_var"] > 0):
+        return None
+    corr = row["grad_corr"] if math.isfinite(row["grad_corr"]) else 0.0
+    return Grad(float(row["grad_var"]), min(1.0, max(-1.0, float(corr))))
+
+
+def _rescale_gradients(rows: list[dict[str, Any]]) -> str | None:
+    """Fallback when the final hidden state's gradient is not measured: scale the predicted gradient
+    variances so they equal the measured one at the last row having both (token correlation of the
+    seed stays 0). Returns a description of what was done, or None when no row has both."""
+    both = [r for r in rows if r["pred_grad_var"] and math.isfinite(r["grad_var"]) and r["grad_var"] > 0]
+    if not both:
+        return None
+    scale = both[-1]["grad_var"] / both[-1]["pred_grad_var"]
+    for r in rows:
+        if r["pred_grad_var"] is not None:
+            r["pred_grad_var"] *= scale
+    return f"unit variance rescaled by {scale:.4g} to the measured value at {both[-1]['name']}"
+
+
 def _join_prediction(rows: list[dict[str, Any]], config: Any, scheme: Any, protocol: str) -> dict[str, Any]:
     """Fill the ``pred_*`` columns from `deepscalelm.predict`; returns provenance for ``meta``.
 
     Keys join exactly; a foreign model's ``"layer"`` row joins the last predicted record of that
-    layer. Under protocol "loss" the predicted gradient variance (seeded with unit variance at the
-    output) is rescaled so that it equals the measured one at the last stream point with both.
+    layer. Protocol "paper" backpropagates an iid N(0, 1) gradient from the final hidden state,
+    which is the theory's default seed (variance 1, token correlation 0). Protocol "loss"
+    backpropagates the model's loss, whose gradient at the final hidden state has neither unit
+    variance nor zero token correlation (next-token cross-entropy at initialisation gives every
+    position roughly ``-(e_target - mean e)``, correlated across positions through frequent
+    targets); the theory is then seeded with the gradient variance and correlation measured there,
+    so that it predicts what this protocol measures (``meta["pred_seed"]``).
 
     When the theory does not cover ``config`` (`predict` raises ValueError, e.g. a block whose moments
     it has no formula for), the ``pred_*`` columns stay None and the reason is returned as
     ``prediction_error``: the measured diagnosis is still reported."""
     from ..theory.model import predict
+    from ..theory.moments import Grad
 
+    seed = Grad(1.0, 0.0)
+    seeded_from = "unit variance, zero correlation (the paper's protocol)"
     try:
         traj = predict(config, scheme)
+        if protocol == "loss" and len(traj):
+            measured = _output_gradient(rows, traj.records[-1].key)
+            if measured is not None:
+                seed, seeded_from = measured, "measured at the final hidden state"
+                traj = predict(config, scheme, seed)
     except ValueError as exc:
         return {"predicted": False, "prediction_error": str(exc), "config": config.to_dict()}
     index = {r.key: r for r in traj}
@@ -139,15 +181,10 @@ def _join_prediction(rows: list[dict[str, Any]], config: Any, scheme: Any, proto
             rec = last_of_layer.get((row["stack"], row["layer"]))
         if rec is not None:
             row.update(pred_var=rec.var, pred_corr=rec.corr, pred_grad_var=rec.grad_var, pred_grad_corr=rec.grad_corr)
-    scale = 1.0
-    if protocol == "loss":
-        both = [r for r in rows if r["pred_grad_var"] and math.isfinite(r["grad_var"]) and r["grad_var"] > 0]
-        if both:
-            scale = both[-1]["grad_var"] / both[-1]["pred_grad_var"]
-            for r in rows:
-                if r["pred_grad_var"] is not None:
-                    r["pred_grad_var"] *= scale
-    return {"predicted": True, "pred_grad_scale": scale, "config": config.to_dict()}
+    if protocol == "loss" and seed == Grad(1.0, 0.0):
+        seeded_from = _rescale_gradients(rows) or seeded_from
+    return {"predicted": True, "pred_seed": {"grad_var": seed.var, "grad_corr": seed.corr, "source": seeded_from},
+            "config": config.to_dict()}
 
 
 def check(model: nn.Module, batch: Any, config: Any = None, *, streams: str | Sequence[str] | None = None,

@@ -49,9 +49,15 @@ def _write(path: Path, text: str) -> None:
 
 
 def _num(v: Any, spec: str) -> str:
+    """``v`` formatted with ``spec``; "" for None; no "-0.000" for values that round to zero."""
     if v is None:
         return ""
-    return format(v, spec) if math.isfinite(v) else str(v)
+    if not math.isfinite(v):
+        return str(v)
+    text = format(v, spec)
+    if text.strip().startswith("-") and "e" not in text and float(text) == 0.0:
+        text = format(0.0, spec)
+    return text
 
 
 @dataclass
@@ -87,10 +93,11 @@ class CheckReport:
     def table(self, every: int = 0) -> str:
         """Fixed-width table, measured beside predicted (``pred`` columns empty without a config).
 
-        Keeps the embedding, every K-th layer (default: about 15 layers), the first and last layer."""
+        Keeps the embedding, every K-th layer with all its stream points (default: K such that about
+        15 layers are shown), the first and last layer."""
         layers = sorted({r["layer"] for r in self.rows})
         if every <= 0:
-            every = max(1, len(layers) // 15)
+            every = max(1, math.ceil(max(layers, default=0) / 15))
         last = layers[-1] if layers else 0
         keep = [r for r in self.rows if r["layer"] % every == 0 or r["layer"] in (1, last)]
         head = (f"{'stack':<8}{'layer':>5} {'block':<11}{'var':>10}{'pred':>10}{'corr':>8}{'pred':>8}"
@@ -109,7 +116,13 @@ class CheckReport:
     def summary(self) -> str:
         """The verdicts in plain words (one per line), or a line saying none fired."""
         if not self.verdicts:
-            return "no problems found (thresholds: docs/diagnostics.md)"
+            agree = ""
+            if self.meta.get("predicted"):
+                from .verdicts import PRED_CORR_DIFF, PRED_VAR_FACTOR
+
+                agree = (f"; measured and predicted agree within ×{PRED_VAR_FACTOR:g} (variances) and "
+                         f"{PRED_CORR_DIFF:g} (correlation)")
+            return f"no problems found{agree} (thresholds: docs/diagnostics.md)"
         return "\n".join(f"[{v.severity}] {v.message}" for v in self.verdicts)
 
     def __str__(self) -> str:
@@ -139,32 +152,58 @@ class CheckReport:
             _write(Path(path), text)
         return text
 
+    def default_title(self) -> str:
+        """A plot title from ``meta``: the model (arch, norm, scheme, depth, width when a config is
+        known), the protocol and the preset."""
+        m = self.meta
+        cfg = m.get("config")
+        what = m.get("model", "model")
+        if isinstance(cfg, dict):
+            what = (f"{cfg['arch']}, {cfg['norm']}-LN, scheme={cfg['scheme']}, {cfg['n_layers']} layers, "
+                    f"d_model={cfg['d_model']}")
+        return f"dslm check: {what} ({m.get('protocol', '?')} protocol, preset {m.get('preset', '?')})"
+
+    def _keys(self) -> list[tuple[str, int, str]]:
+        return [(r["stack"], r["layer"], r["block"]) for r in self.rows]
+
+    def layer_axis(self) -> tuple[list[float], list[tuple[float, str]]]:
+        """x position of every row in layers, and (x, stack) where each later stack starts (see
+        `deepscalelm.plotting.layer_positions`: layer l's points in (l - 1, l], embedding at 0,
+        final norm at N + 0.5)."""
+        from ..plotting import layer_positions
+
+        return layer_positions(self._keys())
+
     def plot(self, path: str | Path, title: str | None = None) -> Path:
-        """PNG with four panels against the stream point index: forward variance, token correlation,
-        gradient variance (measured solid, predicted dashed) and attention-logit variance / max."""
+        """PNG with four panels against the layer: forward variance, token correlation, gradient
+        variance (measured solid, predicted dashed) and attention-logit variance / max. ``title``
+        defaults to `default_title`."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        xs = [r["index"] for r in self.rows]
-        fig, axes = plt.subplots(1, 4, figsize=(19, 3.9))
+        from ..plotting import layer_axis_label
+
+        xs, starts = self.layer_axis()
+        xlabel = layer_axis_label(self._keys())
+        fig, axes = plt.subplots(1, 4, figsize=(19, 4.1))
         for ax, (key, desc) in zip(axes[:3], (("var", "forward variance"), ("corr", "token correlation"),
                                               ("grad_var", "gradient variance"))):
             meas = [float(r[key]) for r in self.rows]
-            ax.plot(xs, meas, "-", lw=1.4, label="measured")
+            ax.plot(*self._broken(xs, meas), "-", lw=1.4, label="measured")
             pred = [r["pred_" + key] for r in self.rows]
             if any(p is not None for p in pred):
-                ax.plot(xs, [math.nan if p is None else float(p) for p in pred], "--", lw=1.4, label="predicted")
+                ax.plot(*self._broken(xs, [math.nan if p is None else float(p) for p in pred]), "--", lw=1.4,
+                        label="predicted")
             pos = [v for v in meas + [p for p in pred if p is not None] if math.isfinite(v) and v > 0]
             if key != "corr" and pos and max(pos) > 20 * min(pos):
                 ax.set_yscale("log")
-            ax.set_title(desc, fontsize=10)
-            ax.set_xlabel("stream point (0 = first)")
-            ax.grid(alpha=0.3)
+            self._decorate(ax, desc, xlabel, starts)
             ax.legend(fontsize=8)
         ax = axes[3]
-        ax_pts = [(r["index"], r["logit_var"], r["logit_max"]) for r in self.rows if r["logit_var"] is not None]
+        ax_pts = [(x, r["logit_var"], r["logit_max"]) for x, r in zip(xs, self.rows, strict=True)
+                  if r["logit_var"] is not None]
         if ax_pts:
             ax.plot([p[0] for p in ax_pts], [p[1] for p in ax_pts], "o-", ms=2, lw=1.2, label="logit variance (worst head)")
             ax.plot([p[0] for p in ax_pts], [p[2] for p in ax_pts], "s-", ms=2, lw=1.2, label="max logit")
@@ -174,12 +213,23 @@ class CheckReport:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no attention modules hooked", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("attention logits", fontsize=10)
-        ax.set_xlabel("stream point (0 = first)")
-        ax.grid(alpha=0.3)
-        if title:
-            fig.suptitle(title, fontsize=11)
+        self._decorate(ax, "attention logits", xlabel, starts)
+        fig.suptitle(title or self.default_title(), fontsize=11)
         fig.tight_layout()
         from ..plotting import save_figure
 
         return save_figure(fig, path, dpi=100)
+
+    def _broken(self, xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+        from ..plotting import broken_at_stacks
+
+        return broken_at_stacks(self._keys(), xs, ys)
+
+    @staticmethod
+    def _decorate(ax: Any, desc: str, xlabel: str, starts: list[tuple[float, str]]) -> None:
+        ax.set_title(desc, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        from ..plotting import mark_stacks
+
+        mark_stacks(ax, starts)

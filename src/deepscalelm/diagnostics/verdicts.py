@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 __all__ = ["Verdict", "judge", "linear_fit", "MIN_FIT_LAYERS", "FIT_R2", "VAR_GROWTH_RATIO",
-           "GRAD_RATIO", "RANK_COLLAPSE_CORR", "SATURATION_LOGIT_VAR"]
+           "GRAD_RATIO", "RANK_COLLAPSE_CORR", "SATURATION_LOGIT_VAR", "PRED_VAR_FACTOR", "PRED_CORR_DIFF",
+           "prediction_mismatch"]
 
 #: fewer layer outputs than this: no trend verdicts (a fit through 3 points says little)
 MIN_FIT_LAYERS = 4
@@ -28,6 +29,12 @@ RANK_COLLAPSE_CORR = 0.95
 #: attention-logit variance above this: a softmax over L Gaussian logits of variance v has about
 #: L * exp(-v) effective keys (participation ratio), i.e. fewer than one for any L < 22,000
 SATURATION_LOGIT_VAR = 10.0
+#: measured and predicted forward or gradient variance differing by more than this factor (either
+#: way) at some stream point: the theory does not describe this model/batch. Healthy DeepScaleLM
+#: models agree within a factor of about 1.6 (48-layer decoder, d_model 128, one batch of 8 x 128)
+PRED_VAR_FACTOR = 2.0
+#: measured and predicted token correlation differing by more than this (absolute) at some point
+PRED_CORR_DIFF = 0.2
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,52 @@ def _saturation(rows: list[dict], attention: list[dict]) -> list[Verdict]:
                     {"logit_var": v, "head": h, "n_heads_saturated": len(hits), "worst_logit_var": worst[2]})]
 
 
+def _worst(rows: list[dict], key: str, relative: bool) -> tuple[float, dict | None, int]:
+    """(largest disagreement, its row, rows beyond tolerance) between ``key`` and ``pred_<key>``.
+
+    Relative: the factor max(m/p, p/m) (tolerance `PRED_VAR_FACTOR`); else |m - p| (`PRED_CORR_DIFF`)."""
+    tol = PRED_VAR_FACTOR if relative else PRED_CORR_DIFF
+    worst, where, n_bad = (1.0 if relative else 0.0), None, 0
+    for r in rows:
+        m, p = r.get(key), r.get("pred_" + key)
+        if p is None or m is None or not (math.isfinite(m) and math.isfinite(p)):
+            continue
+        if relative:
+            if m <= 0 or p <= 0:
+                continue
+            gap = max(m / p, p / m)
+        else:
+            gap = abs(m - p)
+        n_bad += gap > tol
+        if gap > worst:
+            worst, where = gap, r
+    return worst, where, n_bad
+
+
+def prediction_mismatch(rows: list[dict]) -> list[Verdict]:
+    """One verdict per quantity (forward variance, token correlation, gradient variance) whose
+    measured and predicted values disagree beyond the tolerance at some stream point."""
+    out = []
+    for key, desc, relative in (("var", "forward variance", True), ("corr", "token correlation", False),
+                                ("grad_var", "gradient variance", True)):
+        worst, r, n_bad = _worst(rows, key, relative)
+        if r is None or not n_bad:
+            continue
+        tol = PRED_VAR_FACTOR if relative else PRED_CORR_DIFF
+        gap = f"×{worst:.3g} apart" if relative else f"{worst:.3f} apart"
+        limit = f"tolerance ×{tol:g}" if relative else f"tolerance {tol:g}"
+        point = (f"the embedding output{' of the ' + r['stack'] if r['stack'] else ''}" if r["block"] == "embedding"
+                 else f"{_where(r['stack'], r['layer'])} ({r['block']})")
+        msg = (f"measured and predicted {desc} disagree at {point}: {r[key]:.4g} measured vs "
+               f"{r['pred_' + key]:.4g} predicted, {gap} ({limit}; {n_bad} of {len(rows)} points beyond it): "
+               "the theory does not describe this model on this batch (small widths, batches and sequences "
+               "also add sampling noise)")
+        out.append(Verdict("prediction_mismatch", "warning", msg, r["stack"], r["layer"], r["name"],
+                           {"quantity": key, "measured": r[key], "predicted": r["pred_" + key],
+                            "disagreement": worst, "tolerance": tol, "n_beyond": n_bad}))
+    return out
+
+
 def judge(rows: list[dict], attention: list[dict]) -> list[Verdict]:
     """All verdicts for measured ``rows`` (see `deepscalelm.diagnostics.report`) and attention stats."""
     verdicts = _nonfinite(rows)
@@ -199,4 +252,6 @@ def judge(rows: list[dict], attention: list[dict]) -> list[Verdict]:
         verdicts += _gradients(series, stack)
         verdicts += _rank_collapse(series, stack)
     verdicts += _saturation(rows, attention)
+    if not any(v.severity == "error" for v in verdicts):
+        verdicts += prediction_mismatch(rows)
     return verdicts

@@ -51,6 +51,9 @@ class TrainConfig(DictConfig):
     * ``threads``: torch CPU threads per process; 0 = automatic when the run is created (the cores not
       already busy by the 1-minute load average, at least 1, at most torch's default) and then stored
       with the run, so a resumed run computes with the same thread count (needed for bit-exact resume).
+    * ``sample_prompt``: the text the end-of-run sample continues; None (default) = "ROMEO:" on the
+      built-in Tiny Shakespeare, else the start of the first non-empty line of the training text (at
+      most 20 characters, cut at a space), fixed when the run is created and stored with it.
     """
 
     data: str | None = None
@@ -88,7 +91,7 @@ class TrainConfig(DictConfig):
     keep_checkpoints: int = 2
     log_interval: int = 10
     sample_tokens: int = 300
-    sample_prompt: str = "ROMEO:"
+    sample_prompt: str | None = None
     temperature: float = 0.8
     top_k: int | None = 40
     wandb: bool = False
@@ -136,6 +139,8 @@ class TrainConfig(DictConfig):
             pos_int("micro_batch_size")
         if self.top_k is not None:
             pos_int("top_k")
+        if self.sample_prompt is not None and not isinstance(self.sample_prompt, str):
+            raise ValueError(f"sample_prompt must be a string or None, got {self.sample_prompt!r}")
         num("lr", 0.0)
         num("min_lr_ratio", 0.0, 1.0)
         num("weight_decay", 0.0)

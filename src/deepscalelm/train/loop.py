@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,9 @@ def _eval_chunks(batch: dict[str, np.ndarray], d: Dist, micro: int) -> Iterable[
 def evaluate(model: nn.Module, data: Any, objective: str, batch_size: int, device: torch.device,
              precision: str, max_batches: int | None, tokens_per_byte: float | None, *,
              dist: Dist | None = None, micro_batch_size: int | None = None) -> dict[str, float]:
-    """Mean loss (nats per predicted token), perplexity, bits per byte (causal) or accuracy (image).
+    """``val_loss`` (mean nats per predicted token or image) with ``val_ppl`` and, for causal LMs with a
+    known bytes-per-token ratio, ``val_bpb`` (bits per byte); image classifiers get ``val_acc``
+    (fraction correct) instead of a perplexity.
 
     The evaluation set is the first `max_batches` global batches of `batch_size` windows of
     ``data.eval_batches`` (all when None), whatever the number of processes: each rank of `dist`
@@ -218,11 +221,11 @@ def evaluate(model: nn.Module, data: Any, objective: str, batch_size: int, devic
     if cnt == 0:
         raise DSLMError("evaluation split produced no targets")
     loss = tot / cnt
+    if objective == "image":  # a classifier: no perplexity
+        return {"val_loss": loss, "val_acc": correct / cnt}
     out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
     if objective == "causal" and tokens_per_byte is not None:
         out["val_bpb"] = bits_per_byte(loss, tokens_per_byte)
-    if objective == "image":
-        out["val_acc"] = correct / cnt
     return out
 
 
@@ -322,8 +325,27 @@ def _rng_tensors(d: Dist) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------- training
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (False for files, pipes and streams without isatty)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``2.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @dataclass
 class TrainResult:
+    """``tokens_per_s`` counts `unit` per second: tokens, or images for a ViT."""
+
     steps: int
     seconds: float
     tokens_per_s: float
@@ -331,6 +353,7 @@ class TrainResult:
     sample: str | None
     run_dir: Path
     checkpoint: Path | None
+    unit: str = "tokens"
 
 
 def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, explicit: bool) -> tuple[ModelConfig, TrainConfig]:
@@ -413,6 +436,8 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     _barrier(d)
     rd: RunData = open_run(out, train_config)
     mcfg, tcfg, objective = rd.model_config, rd.train_config, rd.objective
+    if tcfg.sample_prompt is None:  # chosen from the data when the run was created (run.json)
+        tcfg = tcfg.replace(sample_prompt=read_run(out)["train"].get("sample_prompt") or "")
     device = d.device
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -483,6 +508,7 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
                       wandb_project=tcfg.wandb_project if tcfg.wandb else None,
                       config={"model": mcfg.to_dict(), "train": tcfg.to_dict(), "world_size": d.world})
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
+    unit = "images" if objective == "image" else "tokens"
     say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, "
         f"scheme {mcfg.scheme}, "
         f"{n_params / 1e6:.2f}M parameters; device {device}"
@@ -513,7 +539,9 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
                         rd.val_tokens_per_byte, dist=d, micro_batch_size=micro)
 
     bar = None
-    if progress and d.main and step < tcfg.max_steps:
+    # a progress bar on a terminal; elsewhere (a log file, CI) a plain line every log_interval steps
+    plain_log = progress and d.main and not _is_terminal(sys.stderr)
+    if progress and d.main and step < tcfg.max_steps and not plain_log:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=tcfg.max_steps, initial=step, unit="step", dynamic_ncols=True, desc="train")
@@ -575,13 +603,19 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
             step = s
             elapsed = time.perf_counter() - t0
             tps = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
-            rec = {"step": step, "loss": loss_f, "lr": lr, "grad_norm": gnorm, "tokens": step * tokens_per_step,
-                   "tokens_per_s": round(tps, 1), "time_s": round(elapsed, 3)}
+            rec = {"step": step, "loss": loss_f, "lr": lr, "grad_norm": gnorm, unit: step * tokens_per_step,
+                   f"{unit}_per_s": round(tps, 1), "time_s": round(elapsed, 3)}
             metrics.log(rec)
+            at_log = step % tcfg.log_interval == 0 or step == tcfg.max_steps
             if bar is not None:
                 bar.update(1)
-                if step % tcfg.log_interval == 0 or step == tcfg.max_steps:
-                    bar.set_postfix(loss=f"{loss_f:.4f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}", refresh=False)
+                if at_log:
+                    rate = {"tok_s" if unit == "tokens" else "img_s": f"{tps:,.0f}"}
+                    bar.set_postfix(loss=f"{loss_f:.4f}", **rate, lr=f"{lr:.2e}", refresh=False)
+            elif plain_log and at_log:
+                eta = (tcfg.max_steps - step) * elapsed / max(step - start_step, 1)
+                say(f"step {step}/{tcfg.max_steps}: loss {loss_f:.4f}, {tps:,.0f} {unit}/s, lr {lr:.2e}, "
+                    f"ETA {_duration(eta)}")
             if step % tcfg.eval_interval == 0 or step == tcfg.max_steps:
                 last_eval = run_eval(tcfg.eval_batches)
                 metrics.log({"step": step, **last_eval})
@@ -606,10 +640,10 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
         ids = generate(model if sharded else raw, prompt, tcfg.sample_tokens, mcfg.seq_len,
                        temperature=tcfg.temperature, top_k=tcfg.top_k, seed=tcfg.seed, device=device)
         sample = tcfg.sample_prompt + rd.tokenizer.decode(ids) if d.main else None
-    result = TrainResult(step, seconds, tps, last_eval, sample, out, ck.latest_checkpoint(out))
+    result = TrainResult(step, seconds, tps, last_eval, sample, out, ck.latest_checkpoint(out), unit)
     if d.main:
         ck.write_json_atomic(out / "summary.json", {
-            "steps": step, "seconds_this_session": round(seconds, 2), "tokens_per_s": round(tps, 1),
+            "steps": step, "seconds_this_session": round(seconds, 2), f"{unit}_per_s": round(tps, 1),
             "n_params": n_params, **last_eval, "sample": sample,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None})
     _barrier(d)

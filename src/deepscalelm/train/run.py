@@ -22,7 +22,7 @@ from ..data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mn
 from ..data.objectives import (DEFAULT_OBJECTIVE, CausalLM, ImageClassification, MaskedLM, SpanCorruption,
                                special_tokens)
 from ..data.stream import TokenStream, encode_split, open_stream, unigram_repeat_prob
-from ..data.text import load_corpus
+from ..data.text import BUILTIN, load_corpus, read_split_text
 from ..data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 from ..errors import DSLMError
 from .checkpoint import write_json_atomic
@@ -68,6 +68,26 @@ def check_out_dir(out: Path, resume: bool) -> None:
             raise DSLMError(f"output directory {out} is not empty: choose another --out")
 
 
+#: the sample prompt on the built-in corpus (a speaker's name, as its lines begin)
+BUILTIN_PROMPT = "ROMEO:"
+#: longest prompt taken from the start of the user's own training text, in characters
+PROMPT_CHARS = 20
+
+
+def default_sample_prompt(data: str | None, text: str) -> str:
+    """The sample prompt of a run whose ``sample_prompt`` is None: `BUILTIN_PROMPT` on the built-in
+    corpus (``data`` None or its name), else the start of the first non-empty line of ``text`` (the
+    training text): at most `PROMPT_CHARS` characters, cut after the last space when longer, so a
+    word tokenizer sees whole words. "" when the text has no non-blank line."""
+    if data is None or data == BUILTIN:
+        return BUILTIN_PROMPT
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if len(line) <= PROMPT_CHARS:
+        return line
+    cut = line[:PROMPT_CHARS]
+    return cut[:cut.rfind(" ")] if " " in cut.strip() else cut
+
+
 def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = None) -> None:
     """Create a new run directory: tokenizer, memmapped data, final configs (atomically).
 
@@ -95,6 +115,9 @@ def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = No
         else:
             corpus = load_corpus(train.data, train.val_fraction)
             log(f"data: {corpus.describe()}")
+            if train.sample_prompt is None:
+                text = read_split_text(corpus.splits["train"], limit=1 << 14)
+                train = train.replace(sample_prompt=default_sample_prompt(train.data, text))
             tok = build_tokenizer(train.tokenizer, corpus.splits["train"].chunks(align_lines=True),
                                   bpe_vocab_size=train.bpe_vocab_size)
             tok.with_specials(special_tokens(objective))
