@@ -90,7 +90,8 @@ def test_two_process_fsdp_samples_checkpoints_shardwise_resumes_and_exports(tmp_
     run = tmp_path / "fsdp"
     _torchrun(run, data, "--fsdp", "--max-steps", "2")  # the tiny preset's 80-token sample is on
     first = json.loads((run / "summary.json").read_text())
-    assert first["steps"] == 2 and first["sample"].startswith("ROMEO:") and len(first["sample"]) > len("ROMEO:")
+    prompt = json.loads((run / "run.json").read_text())["train"]["sample_prompt"]  # from the user's --data
+    assert first["steps"] == 2 and prompt and first["sample"].startswith(prompt) and len(first["sample"]) > len(prompt)
     state = ck.read_state(ck.latest_checkpoint(run))
     assert state["layout"] == "sharded" and state["world_size"] == 2
     assert {"sharded/__0_0.distcp", "sharded/__1_0.distcp", "sharded/.metadata", "rng.safetensors"} <= set(
