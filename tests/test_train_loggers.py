@@ -136,7 +136,8 @@ def test_train_with_an_existing_llama_style_tokenizer(tmp_path):
     assert hf.token_to_id("<s>") not in set(stream.tokens.tolist())
     assert stream.tokens[:20].tolist() == hf.encode(head, add_special_tokens=False).ids[:20]
     assert tok.decode(tok.encode("ROMEO: hi")) == "ROMEO: hi"
-    assert res.sample is not None and res.sample.startswith("ROMEO:")
+    prompt = json.loads((run / "run.json").read_text())["train"]["sample_prompt"]  # from the user's --data
+    assert res.sample is not None and prompt and res.sample.startswith(prompt)
 
 
 def test_gpt2_style_tokenizer_round_trips_and_bad_files_are_clear_errors(tmp_path):
