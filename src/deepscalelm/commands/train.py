@@ -72,8 +72,8 @@ def _newest_run(root: Path) -> Path:
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Any, Path]:
     """(ModelConfig, TrainConfig, run dir) from the command line."""
-    from ..train.config import DEFAULT_PRESET, TrainConfig, apply_overrides, parse_set, resolve
-    from ..train.run import read_run
+    from ..train.config import DEFAULT_PRESET, apply_overrides, parse_set, resolve
+    from ..train.run import run_configs
 
     overrides: dict[str, Any] = parse_set(args.set)
     if args.data is not None:
@@ -91,9 +91,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Any, Path]
     else:
         out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.preset and not args.config and (out / "run.json").is_file():
-        info = read_run(out)
-        model, train = apply_overrides(ModelConfig.from_dict(info["model"]),
-                                       TrainConfig.from_dict(info["train"]), overrides)
+        model, train = apply_overrides(*run_configs(out), overrides)
     else:
         model, train = resolve(name, args.config, overrides)
     return model, train, out

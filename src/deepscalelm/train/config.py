@@ -261,7 +261,10 @@ def resolve(preset_name: str | None = None, config_file: str | None = None,
         data = read_config_file(config_file)
         flat: dict[str, Any] = {}
         for key, value in data.items():
-            if key in ("model", "train") and isinstance(value, dict):
+            if key in ("model", "train"):
+                if not isinstance(value, dict):
+                    raise DSLMError(f"config file {config_file}: {key!r} must be a mapping of "
+                                    f"{'Model' if key == 'model' else 'Train'}Config fields, got {value!r}"[:300])
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
             else:
                 flat[key] = value

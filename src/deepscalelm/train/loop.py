@@ -31,7 +31,7 @@ from . import checkpoint as ck
 from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
 from .guard import NonFiniteError, locate_nonfinite
 from .optim import lr_at, param_groups
-from .run import RunData, check_out_dir, open_run, prepare_run, read_run
+from .run import RunData, check_out_dir, open_run, prepare_run, run_configs
 
 ModelFactory = Callable[[ModelConfig], nn.Module]
 
@@ -351,8 +351,7 @@ class TrainResult:
 
 def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, explicit: bool) -> tuple[ModelConfig, TrainConfig]:
     """Configs for a resumed run: the stored ones, with only resumable changes allowed."""
-    info = read_run(out)
-    stored_m, stored_t = ModelConfig.from_dict(info["model"]), TrainConfig.from_dict(info["train"])
+    stored_m, stored_t = run_configs(out)
     if not explicit:
         return stored_m, stored_t
     if model is not None:
