@@ -47,6 +47,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="recompute layer activations in the backward pass (less memory)")
     p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP (under torchrun)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
+    p.add_argument("--max-nan-skips", type=int, metavar="N",
+                   help="with --on-nan skip: stop with an error after N consecutive skipped steps (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -57,7 +59,7 @@ _FLAGS = {  # argparse dest -> config key
     "seed": "train.seed", "seq_len": "model.seq_len", "n_layers": "model.n_layers", "d_model": "model.d_model",
     "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
-    "fsdp": "train.fsdp", "on_nan": "train.on_nan",
+    "fsdp": "train.fsdp", "on_nan": "train.on_nan", "max_nan_skips": "train.max_nan_skips",
 }
 
 

@@ -157,13 +157,18 @@ def _remove_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _is_healthy(ckpt: Path) -> bool:
+def health_of(ckpt: Path) -> dict[str, Any] | None:
+    """The divergence-check record (``health`` in ``state.json``) of a checkpoint, or None."""
     try:
         with open(ckpt / "state.json", encoding="utf-8") as fh:
             health = json.load(fh).get("health")
     except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(health, dict) and health.get("ok") is True
+        return None
+    return health if isinstance(health, dict) else None
+
+
+def _is_healthy(ckpt: Path) -> bool:
+    return (health_of(ckpt) or {}).get("ok") is True
 
 
 def latest_healthy(run_dir: Path) -> Path | None:
@@ -405,4 +410,4 @@ def check_optimizer_state(ckpt: Path, optim: Mapping[str, Any], state_keys: Mapp
 
 __all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint", "read_state",
            "check_state", "load_model_state", "load_train_state", "check_optimizer_state", "write_json_atomic",
-           "latest_healthy", "verify_data_meta"]
+           "latest_healthy", "health_of", "verify_data_meta"]

@@ -39,6 +39,8 @@ class TrainConfig(DictConfig):
     * ``grad_clip``: max global L2 norm of the gradient (0 = off).
     * ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, fp32 on CPU.
     * ``on_nan``: ``stop`` (report and stop, keeping the last good checkpoint) or ``skip`` the step.
+    * ``max_nan_skips``: with ``on_nan="skip"``, the most consecutive steps that may be skipped; one
+      more non-finite step stops the run with an error (a run whose loss stays non-finite never recovers).
     * ``threads``: torch CPU threads per process; 0 = automatic when the run is created (the cores not
       already busy by the 1-minute load average, at least 1, at most torch's default) and then stored
       with the run, so a resumed run computes with the same thread count (needed for bit-exact resume).
@@ -72,6 +74,7 @@ class TrainConfig(DictConfig):
     activation_checkpointing: bool = False
     fsdp: bool = False
     on_nan: str = "stop"
+    max_nan_skips: int = 5
     eval_interval: int = 100
     eval_batches: int = 20
     ckpt_interval: int = 100
@@ -112,6 +115,7 @@ class TrainConfig(DictConfig):
         pos_int("sample_tokens", 0)
         pos_int("seed", 0)
         pos_int("threads", 0)
+        pos_int("max_nan_skips", 0)
         if self.micro_batch_size is not None:
             pos_int("micro_batch_size")
         if self.top_k is not None:
@@ -132,7 +136,8 @@ class TrainConfig(DictConfig):
 #: fields that may differ when a run is resumed (they do not change the computation of a step)
 RESUMABLE_CHANGES = frozenset({"max_steps", "eval_interval", "eval_batches", "ckpt_interval",
                                "keep_checkpoints", "log_interval", "sample_tokens", "sample_prompt",
-                               "temperature", "top_k", "on_nan", "compile", "device", "data", "threads"})
+                               "temperature", "top_k", "on_nan", "max_nan_skips", "compile", "device", "data",
+                               "threads"})
 
 # --------------------------------------------------------------------------------------- presets
 _DEEP = dict(arch="decoder", norm="pre", dropout=0.1, attn_dropout=0.1, scheme="dslm", vocab_size=256)
