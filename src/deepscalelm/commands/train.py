@@ -42,10 +42,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--threads", type=int, help="CPU threads per process (default: automatic, the idle cores)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (--no-compile: eager)")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute layer activations in the backward pass (less memory)")
-    p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP (under torchrun)")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="shard the model with FSDP (under torchrun)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
     p.add_argument("--max-nan-skips", type=int, metavar="N",
                    help="with --on-nan skip: stop with an error after N consecutive skipped steps (default 5)")
