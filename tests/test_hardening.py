@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from train_helpers import tiny_train_config  # tests/ is on sys.path
 
 from deepscalelm import ModelConfig
 from deepscalelm.cli import build_parser, main
@@ -29,7 +30,6 @@ from deepscalelm.train.guard import NonFiniteError, divergence_check, reference_
 from deepscalelm.train.loop import train
 from deepscalelm.train.memory import check_memory, param_count
 from deepscalelm.train.run import check_out_dir, remove_orphaned_staging
-from train_helpers import tiny_train_config  # tests/ is on sys.path
 
 torch.set_num_threads(1)
 
@@ -81,7 +81,8 @@ def test_meta_json_dtype_and_file_are_validated(run, tmp_path):
     assert len(open_stream(data, "val")) == meta["splits"]["val"]["n_tokens"]
     cases = [({"dtype": "|O"}, "must be an integer type"), ({"dtype": "<f4"}, "must be an integer type"),
              ({"dtype": "nonsense"}, "not a numpy dtype"),
-             ({"file": "../../../../etc/hostname"}, "file name inside"), ({"file": "/etc/hostname"}, "file name inside"),
+             ({"file": "../../../../etc/hostname"}, "file name inside"),
+             ({"file": "/etc/hostname"}, "file name inside"),
              ({"n_tokens": "5"}, "'n_tokens' must be an integer")]
     for change, message in cases:
         bad = json.loads(json.dumps(meta))

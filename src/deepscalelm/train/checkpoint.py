@@ -265,7 +265,7 @@ def check_state(ckpt: Path, state: Any) -> None:
         raise _bad(ckpt, f"'optimizer.param_groups' must be a list of objects, got {type(groups).__name__}")
     for i, g in enumerate(groups):
         _check_group(ckpt, i, g)
-    keys = opt.get("state_keys")
+    keys = opt.get("state_keys") if isinstance(opt, dict) else None
     if keys is not None and not (isinstance(keys, dict) and all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in keys.values())):
         raise _bad(ckpt, "'optimizer.state_keys' must be an object of parameter name -> list of keys")

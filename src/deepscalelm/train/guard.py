@@ -110,7 +110,8 @@ def divergence_check(train_losses: Sequence[float], reference: float, *, val_los
         ok, reason = False, f"val_loss {val_loss:.4g} > {factor:g} x reference {reference:.4g}"
     else:
         ok, reason = True, f"train loss {mean:.4g} <= {factor:g} x reference {reference:.4g}"
-    return {"ok": ok, "reason": reason, "reference": reference, "train_loss": mean, "val_loss": val_loss}
+    val = val_loss if val_loss is not None and math.isfinite(val_loss) else None  # state.json stays strict JSON
+    return {"ok": ok, "reason": reason, "reference": reference, "train_loss": mean, "val_loss": val}
 
 
 __all__ = ["NonFiniteError", "locate_nonfinite", "residual_layers", "divergence_check", "reference_loss",

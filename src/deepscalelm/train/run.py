@@ -115,7 +115,7 @@ def remove_orphaned_staging(parent: Path) -> list[Path]:
     """Delete ``.<run>.staging-<pid>/`` folders in `parent` whose process no longer exists (left by a
     preparation that was killed); returns what was removed. Assumes `parent` is not shared with
     preparations running on another machine."""
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for p in parent.iterdir():
@@ -131,8 +131,8 @@ def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = pr
     check_out_dir(out, resume=False)
     objective = objective_of(model, train)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for p in remove_orphaned_staging(out.parent):
-        log(f"removed {p} (left by a killed run preparation)")
+    for orphan in remove_orphaned_staging(out.parent):
+        log(f"removed {orphan} (left by a killed run preparation)")
     stage = out.parent / f".{out.name}.staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
