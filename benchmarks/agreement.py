@@ -26,14 +26,12 @@ import torch
 
 import deepscalelm
 from deepscalelm import ModelConfig
+from deepscalelm.data.text import builtin_bytes
 from deepscalelm.models import build_model
 
-DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
-
-
-def shakespeare_batch(batch: int, length: int, seed: int = 0, path: Path = DATA) -> torch.Tensor:
-    """``batch`` random windows of ``length`` bytes of the text as token ids in [0, 256)."""
-    raw = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8).long()
+def shakespeare_batch(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """``batch`` random windows of ``length`` bytes of Tiny Shakespeare (shipped) as token ids in [0, 256)."""
+    raw = torch.frombuffer(bytearray(builtin_bytes()), dtype=torch.uint8).long()
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, raw.numel() - length, (batch,), generator=g)
     return torch.stack([raw[s: s + length] for s in starts.tolist()])

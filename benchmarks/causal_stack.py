@@ -4,7 +4,7 @@ A stack of causal self-attention blocks (``--blocks attn``) or attention + FFN l
 (``--blocks full``), Pre-LN or Post-LN, initialised with a scheme of `deepscalelm.theory.schemes`,
 is fed a Gaussian input with token correlation ``--r0`` (unit variance) and seeded with an i.i.d.
 unit Gaussian gradient at the top (after the final LayerNorm for Pre-LN). Measured: pooled gradient
-variance and correlation at every layer output (spec §7.1 estimator), averaged over ``--seeds``
+variance and correlation at every layer output (the paper's component-check protocol estimator), averaged over ``--seeds``
 weight draws. Predicted: the theory's block chain with the position-resolved backward
 (`deepscalelm.theory.positional.causal_backward`) and, for reference, the older pooled backward.
 
@@ -55,7 +55,7 @@ def build(cfg: ModelConfig, scheme, names, seed: int) -> torch.nn.ModuleList:
 
 
 def pooled_moments(g: torch.Tensor) -> tuple[float, float, np.ndarray]:
-    """(var, corr, per-position var) of g[B, L, d] with the spec §7.1 estimator."""
+    """(var, corr, per-position var) of g[B, L, d] with the paper's component-check protocol estimator."""
     B, L, d = g.shape
     s = g.permute(1, 0, 2).reshape(L, B * d)
     s = s - s.mean(1, keepdim=True)

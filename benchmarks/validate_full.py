@@ -1,4 +1,4 @@
-"""Full-grid component validation (spec §7.1 grids), the long benchmark behind docs/validation.md.
+"""Full-grid component validation (the paper's component-check protocol grids), the long benchmark behind docs/validation.md.
 
 Runs every component on the authors' full grids in float32 (as the authors did), optionally
 subsampled (``--stride N`` keeps every N-th grid point; ``--max-entries`` caps the Monte-Carlo runs
@@ -18,7 +18,7 @@ import time
 
 
 def softmax_breakdown(seed: int = 0, length: int = 300, batch: int = 2000) -> None:
-    """Print predicted/measured softmax variances for growing logit variance (spec §3.6 remark)."""
+    """Print predicted/measured softmax variances for growing logit variance (the paper's Table 1, softmax remark)."""
     import math
 
     import torch

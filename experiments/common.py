@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from deepscalelm.data.text import builtin_bytes
+from deepscalelm.datasets import data_root
+
 ROOT = Path(__file__).resolve().parents[1]
 # DSLM_EXPERIMENTS_OUT redirects logs and figures (used by the smoke test so it never overwrites results)
 _OUT = os.environ.get("DSLM_EXPERIMENTS_OUT")
 RESULTS = Path(_OUT) if _OUT else ROOT / "experiments" / "results"
 FIGURES = Path(_OUT) if _OUT else ROOT / "docs" / "figures" / "results"
-DATA = Path(os.environ.get("DSLM_DATA", "/work/shared/data"))
+DATA = data_root()  # --data-dir of the experiments, else $DSLM_DATA, else ./data (docs/data.md)
 
 
 def setup(threads: int = 1) -> None:
@@ -91,14 +94,14 @@ class Log:
 
 # ----------------------------------------------------------------------------------------- data
 def shakespeare_bytes() -> tuple[np.ndarray, np.ndarray]:
-    """Tiny Shakespeare as byte ids: first 90 % train, last 10 % validation (the data README split)."""
-    raw = np.frombuffer((DATA / "tinyshakespeare" / "input.txt").read_bytes(), dtype=np.uint8)
+    """Tiny Shakespeare (the corpus shipped in the package) as byte ids: first 90 % train, last 10 % validation."""
+    raw = np.frombuffer(builtin_bytes(), dtype=np.uint8)
     n = int(0.9 * len(raw))
     return raw[:n].astype(np.int64), raw[n:].astype(np.int64)
 
 
 def ptb_words() -> tuple[np.ndarray, np.ndarray, int]:
-    """Penn Treebank (Mikolov) word ids from /work/shared/data/ptb (read in place, never copied)."""
+    """Penn Treebank (Mikolov) word ids from <data root>/ptb (read in place, never copied)."""
     vocab: dict[str, int] = {}
 
     def read(name: str) -> np.ndarray:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from deepscalelm import ModelConfig
+from deepscalelm.datasets import data_root
 from deepscalelm.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 from deepscalelm.errors import DSLMError
 from deepscalelm.finetune.robustness import CORRUPTIONS, robustness
@@ -103,8 +105,9 @@ def ms(xs: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="400 steps, 2 seeds, 1000 test images, severities 1/3/5")
-    ap.add_argument("--work", default="/tmp/dslm-robustness")
-    ap.add_argument("--data-dir", default="/work/shared/data/fashion-mnist")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "dslm-robustness"))
+    ap.add_argument("--data-dir", default=str(data_root() / "fashion-mnist"),
+                    help="Fashion-MNIST folder (default: $DSLM_DATA/fashion-mnist, else ./data/fashion-mnist)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

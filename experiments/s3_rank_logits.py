@@ -1,4 +1,4 @@
-"""Study 3: rank collapse (token correlation vs depth) and attention-logit scale (spec §5.1, §5.3).
+"""Study 3: rank collapse (token correlation vs depth) and attention-logit scale (the paper's Pre-LN analysis; the paper's large-attention-score analysis).
 
 Part A -- rank collapse. Pre-LN decoders on Tiny Shakespeare byte windows at initialisation, train
 mode: token correlation of the residual stream after every layer, measured (`measure`) and

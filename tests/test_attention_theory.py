@@ -72,7 +72,7 @@ def test_softmax_matches_monte_carlo_for_small_variance(s2, r):
 
 
 def test_softmax_breaks_down_for_large_variance():
-    # spec §3.6: at sigma = 2 (sigma^2 = 4) the formulas overestimate by about 3x
+    # the paper's Table 1, softmax: at sigma = 2 (sigma^2 = 4) the formulas overestimate by about 3x
     my, _ = _softmax_mc(300, 4.0, 0.0, 1000, seed=4)
     for exact in (True, False):
         pred = Softmax(300, exact=exact).forward(Signal(0.0, 4.0, 0.0)).var

@@ -1,4 +1,4 @@
-"""Component closed forms (deepscalelm.theory.components) against Monte Carlo, spec §7.1 protocol.
+"""Component closed forms (deepscalelm.theory.components) against Monte Carlo, the paper's component-check protocol.
 
 Every check samples fresh weights per run and Gaussian inputs with equicorrelated tokens. The
 tolerance of a variance-like quantity is a model allowance plus 4 standard errors, var*sqrt(2/n_eff),

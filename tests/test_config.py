@@ -53,5 +53,5 @@ def test_round_trip_and_unknown_keys():
 
 
 def test_zipf_estimate_matches_reviewer_value():
-    # spec §2.4: |V| = 30522 gives 0.0138 with the Euler-Mascheroni constant
+    # the paper's Zipf embedding correlation: |V| = 30522 gives 0.0138 with the Euler-Mascheroni constant
     assert ModelConfig(vocab_size=30522).token_repeat_prob == pytest.approx(0.0138, abs=5e-5)

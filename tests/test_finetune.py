@@ -137,8 +137,6 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path: Path) -> None:
     with pytest.raises(DSLMError, match="'encoder-decoder' model"):
         finetune(ed, toy_classification(), out, cfg)
     enc = make_ckpt(tmp_path / "enc", seq_len=16)
-    with pytest.raises(DSLMError, match="max_len 32 exceeds the checkpoint's seq_len 16"):
-        finetune(enc, toy_classification(), out, FinetuneConfig(max_len=32))
     # diverging training (absurd lr) fails mid-run: the staging directory is removed, out never appears
     with pytest.raises(DSLMError, match="non-finite loss"):
         finetune(enc, toy_classification(), out, FinetuneConfig(lrs=(1e30,), seeds=(0,), epochs=2, max_len=16),

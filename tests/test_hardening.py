@@ -434,6 +434,11 @@ def test_task_file_that_is_a_directory(tmp_path):
         read_boolq(tmp_path)
     with pytest.raises(DSLMError, match="does not exist"):
         read_sst2(tmp_path / "missing.txt")
+    from deepscalelm.tasks.files import read_table
+
+    (tmp_path / "train.jsonl").mkdir()
+    with pytest.raises(DSLMError, match="is a directory"):
+        read_table(tmp_path / "train.jsonl")
 
 
 def test_eval_on_a_short_file_does_not_advise_seq_len(trained, tmp_path, capsys):

@@ -19,7 +19,7 @@ from deepscalelm.theory.model import _Step, backward_stack
 from deepscalelm.theory.moments import Grad, Signal
 
 D, H, L = 32, 2, 16
-QKV = 2.0 / (D + D // H)       # xavier (spec §7.2)
+QKV = 2.0 / (D + D // H)       # the authors' xavier baseline
 O_VAR = 1.0 / D
 
 

@@ -86,7 +86,7 @@ def test_activation_moments_against_quadrature(s2, r):
 
 
 def test_gelu_reference_values_at_unit_input():
-    # spec §3.4: mean 0.28209, variance 0.34564, backward gain 0.45585
+    # the paper's Table 1, GeLU: mean 0.28209, variance 0.34564, backward gain 0.45585
     y = GeLU().forward(Signal(0.0, 1.0, 0.0))
     assert y.mean == pytest.approx(0.28209, abs=1e-5)
     assert y.var == pytest.approx(0.34564, abs=1e-5)

@@ -1,4 +1,4 @@
-"""Model-level predictions of the theory (spec §5): the regimes the paper describes."""
+"""Model-level predictions of the theory (the paper's model-level analysis): the regimes the paper describes."""
 
 import json
 import math
@@ -31,7 +31,7 @@ def test_pre_ln_variance_grows_linearly_at_the_predicted_rate():
 
 
 def test_pre_ln_gradient_follows_a_power_of_the_stream_variance():
-    # spec §5.1: sigma_g,n^2 ~ (sigma_x,N^2 / sigma_x,n^2)^(G_F / sigma_F^2): hyperbolic in depth
+    # the paper's Pre-LN analysis: sigma_g,n^2 ~ (sigma_x,N^2 / sigma_x,n^2)^(G_F / sigma_F^2): hyperbolic in depth
     t = predict(ModelConfig(n_layers=96, norm="pre", scheme="xavier", **SMALL)).select("ffn")
     v, g = np.array(t.column("var")), np.array(t.column("grad_var"))
     (slope, _), r2 = _r2(np.log(v[5:]), np.log(g[5:]))
@@ -40,7 +40,7 @@ def test_pre_ln_gradient_follows_a_power_of_the_stream_variance():
 
 
 def test_post_ln_gradients_change_geometrically():
-    # bidirectional stacks (spec §5.2): a constant factor per layer, vanishing towards the input
+    # bidirectional stacks (the paper's Post-LN analysis): a constant factor per layer, vanishing towards the input
     t = predict(ModelConfig(arch="encoder", n_layers=96, norm="post", scheme="xavier", **SMALL)).select("ffn")
     lg = np.log(np.array(t.column("grad_var")))[10:]
     (slope, _), r2 = _r2(np.arange(len(lg)), lg)
@@ -68,8 +68,8 @@ def test_dslm_conserves_unit_moments(norm, n_layers):
     blocks = [r.block_var for r in t if r.block_var is not None]
     np.testing.assert_allclose(blocks, 1.0, rtol=1e-9)
     # Gradients: each block's backward gain G differs from 1 (attention's depends on the gradient's
-    # token correlation, spec §4.2), but enters only through beta^2 = k/N, so
-    # |log(g_max/g_min)| <= sum_blocks beta^2 |G - 1| = k * mean|G - 1| <= k * max|G - 1|  (spec §5.4):
+    # token correlation, the attention block), but enters only through beta^2 = k/N, so
+    # |log(g_max/g_min)| <= sum_blocks beta^2 |G - 1| = k * mean|G - 1| <= k * max|G - 1|  (the paper's DSLM analysis):
     # bounded independently of depth as long as G is bounded; with G in [0, 2] the bound is e^k.
     g = np.array(t.column("grad_var"))
     assert g.max() / g.min() < math.exp(2.0)

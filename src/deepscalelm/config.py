@@ -19,7 +19,7 @@ GATED_ACTIVATIONS = ("swiglu", "geglu")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope", "none")
 QK_NORMS = (None, "rmsnorm", "layernorm")
-SCHEMES = ("dslm", "xavier", "normal", "gpt2", "deepnet")
+SCHEMES = ("dslm", "xavier", "normal", "gpt2", "deepnet", "completep")
 DEPTH_UNITS = ("blocks", "layers")
 
 
@@ -235,7 +235,7 @@ class ModelConfig(DictConfig):
     def token_repeat_prob(self) -> float:
         """P(two different positions hold the same token): ``same_token_prob`` or the Zipf estimate.
 
-        Zipf estimate (spec §2.4, with the Euler-Mascheroni constant as the reviewer suggests):
+        Zipf estimate (the paper's Zipf embedding correlation, with the Euler-Mascheroni constant as the reviewer suggests):
         zeta(2) / (ln V + gamma)^2, clipped to [0, 1].
         """
         if self.same_token_prob is not None:

@@ -5,7 +5,7 @@ then each residual merge (attention, cross-attention, FFN) of each layer, then t
 (Pre-LN models). `deepscalelm.predict` and `deepscalelm.measure` both return one, so comparing them is
 a join on the key ``(stack, layer, block)``.
 
-Record fields (all moments are entry-wise over tokens × hidden units, spec §2.1):
+Record fields (all moments are entry-wise over tokens × hidden units, the paper's moment definitions):
 
 * ``stack``: ``""`` for single-stack models, ``"encoder"`` or ``"decoder"`` for encoder-decoders.
 * ``layer``: 0 for the embedding, 1..N for the transformer layers; the final norm carries N.

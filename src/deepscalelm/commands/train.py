@@ -48,6 +48,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="recompute layer activations in the backward pass (less memory)")
     p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
                    help="shard the model with FSDP (under torchrun)")
+    p.add_argument("--parametrization", choices=["standard", "dslm", "completep"],
+                   help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
+                        "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
     p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
     p.add_argument("--max-nan-skips", type=int, metavar="N",
                    help="with --on-nan skip: stop with an error after N consecutive skipped steps (default 5)")
@@ -62,6 +65,7 @@ _FLAGS = {  # argparse dest -> config key
     "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
     "fsdp": "train.fsdp", "on_nan": "train.on_nan", "max_nan_skips": "train.max_nan_skips",
+    "parametrization": "train.parametrization",
 }
 
 

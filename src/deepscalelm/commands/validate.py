@@ -1,4 +1,4 @@
-"""``dslm validate``: Monte-Carlo check of the component moment formulas (spec §7.1).
+"""``dslm validate``: Monte-Carlo check of the component moment formulas (the paper's component-check protocol).
 
 For every grid point the component is sampled, run forward and backward, and its measured mean,
 variance and token covariance (and gradient variance/covariance) are compared with the closed forms
@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 # The authors' expected output of their component checks, [50th, 90th, 99th] percentile errors in %
-# (spec §7.1, "Official expected output" table; from the authors' simulations/ scripts). Keys are our
+# (the paper's component-check protocol, "Official expected output" table; from the authors' simulations/ scripts). Keys are our
 # (component, quantity) names; the paper's SHA rows are compared with our value-path ("paper") rows
 # and with our full formulas alike.
 AUTHORS_PERCENTILES: dict[tuple[str, str], tuple[float, float, float]] = {
@@ -45,7 +45,7 @@ for _q, _v in (("x mean", (0.2, 1.0, 2.5)), ("x var", (1.4, 4.1, 7.8)), ("g var"
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "validate", help="Monte-Carlo check of the component moment formulas (spec §7.1)",
+        "validate", help="Monte-Carlo check of the component moment formulas (the paper's component-check protocol)",
         description="Sample each component on a grid of input moments, measure the output and "
                     "gradient moments and print the percentile errors of the closed forms.")
     p.add_argument("--component", default="all",
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help="reduced grids (under 2 minutes for all components on 2 cores)")
     p.add_argument("--grid", choices=("authors", "random"), default=None,
-                   help="authors: the full grids of spec §7.1 (long; float32, subsampled with "
+                   help="authors: the full grids of the paper's component-check protocol (long; float32, subsampled with "
                         "--stride); random: independent random points (--points, --seed)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--points", type=int, default=40,

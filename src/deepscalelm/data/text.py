@@ -31,6 +31,12 @@ CHUNK_BYTES = 1 << 20
 _SNIFF_BYTES = 8192
 
 
+def builtin_bytes() -> bytes:
+    """The whole built-in corpus (Tiny Shakespeare, 1,115,394 bytes), decompressed."""
+    with gzip.open(resources.files("deepscalelm.data").joinpath(_BUILTIN_FILE).open("rb")) as fh:
+        return fh.read()
+
+
 @dataclass(frozen=True)
 class TextSource:
     """One text file (possibly the gzip-compressed built-in corpus) and its size in bytes."""

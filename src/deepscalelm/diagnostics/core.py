@@ -117,10 +117,17 @@ def _join_prediction(rows: list[dict[str, Any]], config: Any, scheme: Any, proto
 
     Keys join exactly; a foreign model's ``"layer"`` row joins the last predicted record of that
     layer. Under protocol "loss" the predicted gradient variance (seeded with unit variance at the
-    output) is rescaled so that it equals the measured one at the last stream point with both."""
+    output) is rescaled so that it equals the measured one at the last stream point with both.
+
+    When the theory does not cover ``config`` (`predict` raises ValueError, e.g. a block whose moments
+    it has no formula for), the ``pred_*`` columns stay None and the reason is returned as
+    ``prediction_error``: the measured diagnosis is still reported."""
     from ..theory.model import predict
 
-    traj = predict(config, scheme)
+    try:
+        traj = predict(config, scheme)
+    except ValueError as exc:
+        return {"predicted": False, "prediction_error": str(exc), "config": config.to_dict()}
     index = {r.key: r for r in traj}
     last_of_layer: dict[tuple[str, int], Any] = {}
     for r in traj:

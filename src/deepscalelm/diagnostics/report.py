@@ -3,7 +3,7 @@
 Row fields (one row per stream point, forward order):
 
 * ``index`` (0-based position), ``name`` (module name), ``stack``, ``layer``, ``block``;
-* ``mean``, ``var``, ``corr``: forward moments of the stream (spec §7.1), ``finite``;
+* ``mean``, ``var``, ``corr``: forward moments of the stream (the paper's component-check protocol), ``finite``;
 * ``grad_var``, ``grad_corr``: moments of d(loss)/d(stream), ``grad_finite``;
 * ``logit_max`` (largest attention logit over heads), ``logit_var`` (largest per-head logit
   variance), ``entropy`` (smallest per-head mean softmax entropy, nats), ``entropy_norm`` (its

@@ -1,4 +1,4 @@
-"""Moment statistics used by the diagnostics, with the definitions of spec §7.1.
+"""Moment statistics used by the diagnostics, with the definitions of the paper's component-check protocol.
 
 All functions take detached activations or gradients and compute in float64. Shapes:
 

@@ -135,6 +135,15 @@ def _is_ours(model: nn.Module) -> bool:
     return hasattr(model, "stacks") and isinstance(getattr(model, "config", None), ModelConfig)
 
 
+def _our_attention(name: str, mod: nn.Module, causal: bool) -> AttentionSpec:
+    """The logits' queries/keys of a deepscalelm attention block: the outputs of ``q_post``/``k_post``
+    (after the per-head q/k norm and rotary positions) when the block has them, else of ``q``/``k``;
+    grouped-query blocks have ``n_kv_heads`` key heads."""
+    post = getattr(mod, "q_post", None) is not None
+    q, k = (f"{name}.q_post", f"{name}.k_post") if post else (f"{name}.q", f"{name}.k")
+    return AttentionSpec(name, mod.n_heads, getattr(mod, "n_kv_heads", mod.n_heads), causal, q=q, k=k)
+
+
 def _ours(model: nn.Module) -> tuple[list[StreamPoint], list[AttentionSpec]]:
     """Stream points and attention of a deepscalelm model, keyed like `deepscalelm.predict`."""
     ids = {id(m): n for n, m in model.named_modules()}
@@ -150,8 +159,7 @@ def _ours(model: nn.Module) -> tuple[list[StreamPoint], list[AttentionSpec]]:
                 name = ids[id(mod)]
                 points.append(StreamPoint(name, stack_name, i + 1, block))
                 if attr != "ffn":
-                    attns.append(AttentionSpec(name, mod.n_heads, mod.n_heads,
-                                               bool(mod.causal) and attr == "attn", q=f"{name}.q", k=f"{name}.k"))
+                    attns.append(_our_attention(name, mod, causal=bool(mod.causal) and attr == "attn"))
         if stack.ln_f is not None:
             points.append(StreamPoint(ids[id(stack.ln_f)], stack_name, len(stack.layers), "final_norm"))
     return points, attns

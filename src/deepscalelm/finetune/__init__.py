@@ -2,7 +2,8 @@
 
 ``deepscalelm.finetune.finetune(checkpoint, task, out, FinetuneConfig(...))`` runs the paper's
 fine-tuning protocol (learning-rate × seed grid, warm-up and linear decay, weight decay 0.01,
-clipping 1.0, best lr on dev, test mean ± std over seeds) and saves regular checkpoints.
+clipping 1.0, best lr on dev, test mean ± std over seeds) and saves regular checkpoints. ``task`` is a
+built-in task name or a `TaskData`, e.g. ``deepscalelm.tasks.load_files("train.jsonl", test="test.jsonl")``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fine-tune a pretrained checkpoint on a downstream task with a learning-rate × seed grid.
 
-Protocol (the paper's fine-tuning recipe as given in the project spec §8.3; choices the spec leaves
-open are marked "ours"):
+Protocol (the paper's fine-tuning recipe, arXiv 2403.09635; choices the paper leaves open are marked
+"ours"):
 
 * start every run from the same pretrained weights; a new linear head (see `FinetuneModel`);
 * AdamW, betas (0.9, 0.999) (ours: the usual BERT fine-tuning values), eps 1e-8, weight decay 0.01
@@ -29,7 +29,7 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -274,18 +274,38 @@ def _save_run(root: Path, model: FinetuneModel, rec: dict[str, Any], task: TaskD
 
 
 def encode_task(task: TaskData, max_len: int, causal: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Encoded train/dev/test arrays (see `encode_split`); encoders get rows padded to max_len."""
-    for split in ("train", "dev", "test"):
+    """Encoded train/dev(/test) arrays (see `encode_split`); encoders get rows padded to max_len.
+
+    Train and dev are required; test is optional (a task from the user's files without a test file).
+    """
+    for split in ("train", "dev"):
         if split not in task.splits or not task.splits[split]:
             raise DSLMError(f"task {task.name} has no {split} examples")
-    return {s: encode_split(task.splits[s], task, max_len, pad_to_max=not causal) for s in ("train", "dev", "test")}
+    splits = [s for s in ("train", "dev", "test") if task.splits.get(s)]
+    return {s: encode_split(task.splits[s], task, max_len, pad_to_max=not causal) for s in splits}
+
+
+def fit_max_len(cfg: FinetuneConfig, seq_len: int, log: Callable[[str], None]) -> FinetuneConfig:
+    """`cfg` with ``max_len`` clamped to the checkpoint's ``seq_len`` (its position table), with a
+    logged note when it had to be lowered."""
+    if cfg.max_len <= seq_len:
+        return cfg
+    log(f"note: --max-len {cfg.max_len} exceeds the checkpoint's seq_len {seq_len}; using max_len {seq_len}")
+    return replace(cfg, max_len=seq_len)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | None = None,
-             cfg: FinetuneConfig | None = None, *, data_dir: str | Path = "/work/shared/data",
+             cfg: FinetuneConfig | None = None, *, data_dir: str | Path | None = None,
              subset: dict[str, int | None] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune `checkpoint` (path to a pretrained checkpoint or run directory) on `task` (a name of
-    `deepscalelm.tasks.TASKS` read from `data_dir`, or a `TaskData`) with the grid of `cfg`.
+    `deepscalelm.tasks.TASKS` read from `data_dir`, or a `TaskData`, e.g. the user's own files read by
+    `deepscalelm.tasks.load_files`) with the grid of `cfg`. ``cfg.max_len`` above the checkpoint's
+    ``seq_len`` is lowered to it (a logged note). A task without a test split is scored on dev only:
+    ``test_mean``, ``test_std``, ``majority_test_acc`` and every run's ``test_acc`` are then None.
 
     ``subset`` cuts splits to seeded random subsets (e.g. ``{"train": 500, "dev": 200, "test": 500}``).
     Returns the results dict (also written to ``out/results.json`` when `out` is given): per-run dev
@@ -299,9 +319,8 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
     if not isinstance(checkpoint, (str, Path)):
         raise ValueError("checkpoint must be a path to a pretrained checkpoint or run directory")
     backbone, mcfg, pre_state, pre_ckpt = load_backbone(checkpoint, cfg.device)
-    if cfg.max_len > mcfg.seq_len:
-        raise DSLMError(f"max_len {cfg.max_len} exceeds the checkpoint's seq_len {mcfg.seq_len} "
-                        "(its position table): use --max-len <= seq_len")
+    asked = cfg.max_len
+    cfg = fit_max_len(cfg, mcfg.seq_len, log)
     td = load_task(task, data_dir) if isinstance(task, str) else task
     if subset:
         td = td.subset(subset)
@@ -309,8 +328,9 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
         check_labels(exs, td.n_labels, td.kind, f"{td.name}/{split}")
     causal = mcfg.arch == "decoder"
     data = encode_task(td, cfg.max_len, causal)
-    counts = np.bincount(data["test"]["labels"], minlength=td.n_labels)
-    majority = float(counts.max() / counts.sum())
+    has_test = "test" in data
+    majority = {s: float(np.bincount(data[s]["labels"], minlength=td.n_labels).max() / len(data[s]["labels"]))
+                for s in ("dev", "test") if s in data}
 
     stage = None
     if out is not None:
@@ -323,9 +343,9 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
             for seed in cfg.seeds:
                 model, rec = train_one(backbone, td, data, lr, seed, cfg, log)
                 rec["dev_acc"] = accuracy(model, data["dev"], cfg.eval_batch_size)
-                rec["test_acc"] = accuracy(model, data["test"], cfg.eval_batch_size)
+                rec["test_acc"] = accuracy(model, data["test"], cfg.eval_batch_size) if has_test else None
                 log(f"{td.name} lr {lr:g} seed {seed}: {rec['steps']} steps, loss {rec['first_loss']:.3f} -> "
-                    f"{rec['final_loss']:.3f}, dev {rec['dev_acc']:.4f}, test {rec['test_acc']:.4f} "
+                    f"{rec['final_loss']:.3f}, dev {rec['dev_acc']:.4f}, test {_fmt(rec['test_acc'])} "
                     f"({rec['seconds']:.1f} s)")
                 if stage is not None and cfg.save != "none":
                     rec["checkpoint"] = str(_save_run(stage / "runs" / f"lr-{lr:g}-seed-{seed}", model, rec, td,
@@ -334,15 +354,17 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
         by_lr = {lr: [r for r in runs if r["lr"] == lr] for lr in cfg.lrs}
         dev_mean = {lr: _mean_std([r["dev_acc"] for r in rs])[0] for lr, rs in by_lr.items()}
         best = min(cfg.lrs, key=lambda lr: (-dev_mean[lr], lr))
-        tm, ts = _mean_std([r["test_acc"] for r in by_lr[best]])
+        tm, ts = _mean_std([r["test_acc"] for r in by_lr[best]]) if has_test else (None, None)
         dm, ds = _mean_std([r["dev_acc"] for r in by_lr[best]])
         result = {
-            "task": td.name, "kind": td.kind, "n_labels": td.n_labels, "note": td.note,
+            "task": td.name, "kind": td.kind, "n_labels": td.n_labels,
+            "note": td.note + (f"; max_len {asked} clamped to seq_len {cfg.max_len}" if asked != cfg.max_len else ""),
             "sizes": {s: len(v) for s, v in td.splits.items()},
             "pretrained": str(pre_ckpt), "arch": mcfg.arch, "n_layers": mcfg.n_layers, "d_model": mcfg.d_model,
             "scheme": mcfg.scheme, "norm": mcfg.norm, "config": asdict(cfg),
             "best_lr": best, "dev_mean": dm, "dev_std": ds, "test_mean": tm, "test_std": ts,
-            "n_seeds": len(cfg.seeds), "majority_test_acc": majority, "runs": runs,
+            "n_seeds": len(cfg.seeds), "majority_test_acc": majority.get("test"),
+            "majority_dev_acc": majority["dev"], "runs": runs,
         }
         if stage is not None:
             if cfg.save == "best":
@@ -358,13 +380,17 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
-    log(f"{td.name}: best lr {best:g} (dev {dm:.4f} ± {ds:.4f}); test {tm:.4f} ± {ts:.4f} over "
-        f"{len(cfg.seeds)} seeds; majority class {majority:.4f}")
+    if has_test:
+        log(f"{td.name}: best lr {best:g} (dev {dm:.4f} ± {ds:.4f}); test {tm:.4f} ± {ts:.4f} over "
+            f"{len(cfg.seeds)} seeds; majority class {majority['test']:.4f}")
+    else:
+        log(f"{td.name}: best lr {best:g} (dev {dm:.4f} ± {ds:.4f} over {len(cfg.seeds)} seeds; majority class "
+            f"{majority['dev']:.4f}); no test split: the dev accuracy chose the lr and is optimistic")
     return result
 
 
 def evaluate_checkpoint(path: str | Path, task: str | TaskData, split: str = "test", *,
-                        data_dir: str | Path = "/work/shared/data", batch_size: int = 64,
+                        data_dir: str | Path | None = None, batch_size: int = 64,
                         device: str = "cpu") -> dict[str, Any]:
     """Accuracy of a fine-tuned checkpoint on a task split; DSLMError if the head does not fit the task."""
     model, meta, c = load_finetuned(path, device)

@@ -66,7 +66,8 @@ def example_inputs(ex: Example, kind: str, max_len: int, truncate: str) -> list[
     if kind == "multiple_choice":
         if not ex.options:
             raise DSLMError(f"{ex.where}: a multiple-choice example needs options")
-        return [encode_parts([ex.query or "", opt], ex.text, max_len, truncate) for opt in ex.options]
+        context = ex.text or None  # a question without a passage: BOS question SEP option EOS
+        return [encode_parts([ex.query or "", opt], context, max_len, truncate) for opt in ex.options]
     if ex.query is None:
         return [encode_parts([ex.text], None, max_len, truncate)]
     return [encode_parts([ex.query], ex.text, max_len, truncate)]

@@ -1,4 +1,4 @@
-"""Moments of one activation or gradient tensor, as defined in spec §2.1 / §7.1.
+"""Moments of one activation or gradient tensor, as defined in the paper's moment definitions and the paper's component-check protocol.
 
 For ``x[B, L, d]``: ``mean`` and ``var`` = E[x^2] - E[x]^2 over all entries; ``corr`` = mean
 off-diagonal entry of the L x L covariance matrix ``torch.cov`` of positions (each position a

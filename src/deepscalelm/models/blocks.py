@@ -1,7 +1,8 @@
 """Building blocks shared by every model family: residual blocks, layers, a token stack.
 
-A residual block owns its LayerNorm, its sublayer F (attention, cross-attention or FFN), the dropout
-on F's output and the merge coefficients ``lam`` / ``beta`` (python floats set by the scheme):
+A residual block owns its norm (LayerNorm or RMSNorm, ``ModelConfig.norm_type``), its sublayer F
+(attention, cross-attention or FFN), the dropout on F's output and the merge coefficients ``lam`` /
+``beta`` (python floats set by the scheme):
 
 * Pre-LN:  ``x <- lam * x + beta * drop(F(LN(x)))``
 * Post-LN: ``x <- LN(lam * x + beta * drop(F(x)))``
@@ -20,6 +21,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
+from .components import HeadTransform, model_norm
+
+#: whether F.scaled_dot_product_attention shares K/V across query groups itself (torch >= 2.5)
+_SDPA_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
 
 def merge(x: torch.Tensor, f: torch.Tensor, lam: float, beta: float) -> torch.Tensor:
@@ -30,12 +35,12 @@ def merge(x: torch.Tensor, f: torch.Tensor, lam: float, beta: float) -> torch.Te
 
 
 class ResidualBlock(nn.Module):
-    """LayerNorm + sublayer ``f`` + dropout + scaled merge; subclasses define ``f``."""
+    """Norm + sublayer ``f`` + dropout + scaled merge; subclasses define ``f``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.pre = config.norm == "pre"
-        self.ln = nn.LayerNorm(config.d_model, eps=config.ln_eps)
+        self.ln = model_norm(config)
         self.drop = nn.Dropout(config.dropout)
         self.lam = 1.0  # set by apply_scheme
         self.beta = 1.0
@@ -51,41 +56,75 @@ class ResidualBlock(nn.Module):
 
 class Attention(ResidualBlock):
     """Multi-head scaled dot-product attention; with ``memory`` it is cross-attention (keys and
-    values from the encoder output, never causal)."""
+    values from the encoder output, never causal).
 
-    def __init__(self, config: ModelConfig, causal: bool) -> None:
+    Grouped-query attention: ``k`` and ``v`` project to ``n_kv_heads`` heads; query head h reads
+    key/value head ``h // (n_heads / n_kv_heads)`` (contiguous groups, as ``repeat_interleave``).
+    ``q_post`` / ``k_post`` (present only with ``qk_norm`` or rotary positions) apply the per-head
+    norm and then rotary positions; rotary positions are applied in self-attention only (a
+    cross-attention query and its encoder keys do not share a position axis).
+    """
+
+    def __init__(self, config: ModelConfig, causal: bool, cross: bool = False) -> None:
         super().__init__(config)
-        d = config.d_model
-        self.n_heads, self.causal, self.attn_p = config.n_heads, causal, config.attn_dropout
+        d, dh = config.d_model, config.d_head
+        self.n_heads, self.n_kv_heads, self.d_head = config.n_heads, config.kv_heads, dh
+        self.causal, self.attn_p = causal, config.attn_dropout
         self.q = nn.Linear(d, d, bias=config.bias)
-        self.k = nn.Linear(d, d, bias=config.bias)
-        self.v = nn.Linear(d, d, bias=config.bias)
+        self.k = nn.Linear(d, self.n_kv_heads * dh, bias=config.bias)
+        self.v = nn.Linear(d, self.n_kv_heads * dh, bias=config.bias)
         self.o = nn.Linear(d, d, bias=config.bias)
+        rope = config.position == "rope" and not cross
+        if config.qk_norm is not None or rope:
+            self.q_post = HeadTransform(self.n_heads, dh, config.qk_norm, rope, config.rope_base, config.ln_eps)
+            self.k_post = HeadTransform(self.n_kv_heads, dh, config.qk_norm, rope, config.rope_base,
+                                        config.ln_eps)
+        else:
+            self.q_post = self.k_post = None
 
     def f(self, h: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         src = h if memory is None else memory
         B, L, d = h.shape
         S = src.shape[1]
-        nh = self.n_heads
-        q = self.q(h).view(B, L, nh, d // nh).transpose(1, 2)
-        k = self.k(src).view(B, S, nh, d // nh).transpose(1, 2)
-        v = self.v(src).view(B, S, nh, d // nh).transpose(1, 2)
+        nh, nkv, dh = self.n_heads, self.n_kv_heads, self.d_head
+        q, k = self.q(h), self.k(src)
+        if self.q_post is not None:
+            q, k = self.q_post(q), self.k_post(k)
+        q = q.view(B, L, nh, dh).transpose(1, 2)
+        k = k.view(B, S, nkv, dh).transpose(1, 2)
+        v = self.v(src).view(B, S, nkv, dh).transpose(1, 2)
+        extra = {}
+        if nkv != nh:
+            if _SDPA_GQA:
+                extra["enable_gqa"] = True
+            else:
+                k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_p if self.training else 0.0,
-                                           is_causal=self.causal and memory is None)
+                                           is_causal=self.causal and memory is None, **extra)
         return self.o(y.transpose(1, 2).reshape(B, L, d))
 
 
+#: the non-linearity of each ``ModelConfig.activation`` (GeLU exact, erf form)
+FFN_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swiglu": F.silu, "geglu": F.gelu}
+
+
 class FeedForward(ResidualBlock):
-    """fc2(act(fc1(h))), act = ReLU or exact (erf) GeLU."""
+    """``fc2(act(fc1(h)))`` (relu, gelu, silu) or, gated (swiglu, geglu),
+    ``fc2(act(fc1(h)) * fc3(h))``: fc1 = W1 the gate, fc3 = W3 the up projection, fc2 = W2 the down
+    projection; act = SiLU for swiglu, exact GeLU for geglu."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias)
+        self.fc3 = nn.Linear(config.d_model, config.ffn_dim, bias=config.bias) if config.gated else None
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
-        self.act = F.relu if config.activation == "relu" else F.gelu
+        self.act = FFN_ACTIVATIONS[config.activation]
 
     def f(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(h)))
+        a = self.act(self.fc1(h))
+        if self.fc3 is not None:
+            a = a * self.fc3(h)
+        return self.fc2(a)
 
 
 class Layer(nn.Module):
@@ -94,7 +133,7 @@ class Layer(nn.Module):
     def __init__(self, config: ModelConfig, causal: bool, cross: bool = False) -> None:
         super().__init__()
         self.attn = Attention(config, causal)
-        self.cross = Attention(config, causal=False) if cross else None
+        self.cross = Attention(config, causal=False, cross=True) if cross else None
         self.ffn = FeedForward(config)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,13 +147,13 @@ class Stack(nn.Module):
     """Embedding dropout, layers and (Pre-LN) final norm of one residual stack.
 
     Subclasses provide ``embed(...) -> x[B, L, d]`` (before dropout). ``forward`` returns the final
-    hidden state: after ``ln_f`` (Pre-LN) or after the last merge's LayerNorm (Post-LN).
+    hidden state: after ``ln_f`` (Pre-LN) or after the last merge's norm (Post-LN).
     """
 
     def _init_stack(self, config: ModelConfig, n_layers: int, causal: bool, cross: bool = False) -> None:
         self.drop_emb = nn.Dropout(config.emb_p)
         self.layers = nn.ModuleList(Layer(config, causal, cross) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model, eps=config.ln_eps) if config.norm == "pre" else None
+        self.ln_f = model_norm(config) if config.norm == "pre" else None
         self.checkpointing = False
 
     def run_layers(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,4 +181,4 @@ def check_ids(ids: torch.Tensor, config: ModelConfig, name: str = "ids", vocab: 
                          f"[{int(ids.min())}, {int(ids.max())}]")
 
 
-__all__ = ["merge", "ResidualBlock", "Attention", "FeedForward", "Layer", "Stack", "check_ids"]
+__all__ = ["merge", "ResidualBlock", "Attention", "FeedForward", "FFN_ACTIVATIONS", "Layer", "Stack", "check_ids"]

@@ -16,21 +16,27 @@ from .init import SchemeModel
 
 
 class TokenStack(Stack):
-    """Token (+ learned position, + optional token-type) embedding, then the residual layers."""
+    """Token (+ learned position, + optional token-type) embedding, then the residual layers.
+
+    ``pos_emb`` exists only for ``position="learned"``; rotary positions live in the attention
+    blocks and ``position="none"`` has no positions at all.
+    """
 
     def __init__(self, config: ModelConfig, n_layers: int, causal: bool, cross: bool = False,
                  token_types: int = 0) -> None:
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.seq_len, config.d_model)
+        self.pos_emb = nn.Embedding(config.seq_len, config.d_model) if config.position == "learned" else None
         self.type_emb = nn.Embedding(token_types, config.d_model) if token_types > 0 else None
         self._init_stack(config, n_layers, causal, cross)
 
     def embed(self, ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Sum of the embedding tables, before dropout: [B, L] ids -> [B, L, d]."""
         check_ids(ids, self.config)
-        x = self.tok_emb(ids) + self.pos_emb.weight[: ids.shape[1]]
+        x = self.tok_emb(ids)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[: ids.shape[1]]
         if self.type_emb is not None:
             if token_type_ids is None:
                 x = x + self.type_emb.weight[0]

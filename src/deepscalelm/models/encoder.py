@@ -1,7 +1,8 @@
 """Encoder-only masked language model (BERT-style).
 
 Bidirectional layers over token (+ position, + optional token-type) embeddings; the MLM head is
-``mlm_dense -> activation -> LayerNorm -> * head_scale -> tied embedding`` (or ``head.weight``).
+``mlm_dense -> activation -> norm -> * head_scale -> tied embedding`` (or ``head.weight``), the norm of
+``ModelConfig.norm_type``; the head's activation is ReLU for ``activation="relu"``, else exact GeLU.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .components import model_norm
 from .decoder import TokenStack
 from .init import SchemeModel
 
@@ -23,7 +25,7 @@ class BERT(TokenStack, SchemeModel):
         d = config.d_model
         self.mlm_dense = nn.Linear(d, d, bias=config.bias)
         self.mlm_act = F.relu if config.activation == "relu" else F.gelu
-        self.mlm_ln = nn.LayerNorm(d, eps=config.ln_eps)
+        self.mlm_ln = model_norm(config)
         self.head = None if config.tie_embeddings else nn.Linear(d, config.vocab_size, bias=False)
         self.head_scale = 1.0
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..theory.schemes import Scheme, get_scheme
+from .components import NORM_MODULES
 
 
 def resolve_scheme(config: ModelConfig, scheme: "Scheme | str | None") -> Scheme:
@@ -26,19 +27,64 @@ def resolve_scheme(config: ModelConfig, scheme: "Scheme | str | None") -> Scheme
 
 
 def weight_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters that a scheme initialises: everything except biases and LayerNorm parameters."""
-    ln_params = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+    """Parameters that a scheme initialises: everything except biases and norm (LayerNorm, RMSNorm,
+    including the per-head q/k norms) parameters."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_MODULES) for p in m.parameters()}
     return {n: p for n, p in model.named_parameters()
-            if id(p) not in ln_params and not n.endswith(".bias")}
+            if id(p) not in norm_params and not n.endswith(".bias")}
+
+
+def _fc3_fallback(name: str) -> str | None:
+    """``...ffn.fc1.weight`` for ``...ffn.fc3.weight``, else None."""
+    suffix = ".fc3.weight"
+    return name[: -len(suffix)] + ".fc1.weight" if name.endswith(suffix) else None
+
+
+def _absent_in_model(name: str, config: ModelConfig) -> bool:
+    """A scheme entry the model of ``config`` legitimately lacks: the learned position table when
+    ``config.position`` is ``"rope"`` or ``"none"``."""
+    return name.endswith("pos_emb.weight") and config.position != "learned"
+
+
+def scheme_weight_variances(scheme: Scheme, config: ModelConfig, names: list[str]) -> dict[str, float]:
+    """The init variance of every weight in ``names`` under ``scheme``: the one lookup of `apply_scheme`.
+
+    * A name in ``scheme.weight_var`` gets that variance.
+    * The up projection W3 of a gated FFN (``...ffn.fc3.weight``, SwiGLU/GeGLU) without an entry of its
+      own gets the variance of the gate W1 (``...ffn.fc1.weight``) of the same block: both read the
+      same normalised stream (fan-in d_model), so W3 = W1 gives the up projection the pre-activation
+      variance the scheme chose for the gate. A scheme that derives W3's variance lists it and is used.
+    * Scheme entries the model lacks are allowed only for the learned position table when
+      ``config.position`` is not ``"learned"``.
+
+    Raises ValueError naming up to five unmatched weights on either side (a scheme made for another config).
+    """
+    wv = scheme.weight_var
+    out: dict[str, float] = {}
+    for n in names:
+        if n in wv:
+            out[n] = wv[n]
+        else:
+            gate = _fc3_fallback(n)
+            if gate is not None and gate in wv:
+                out[n] = wv[gate]
+    missing = [n for n in names if n not in out][:5]
+    present = set(names)
+    extra = [n for n in wv if n not in present and not _absent_in_model(n, config)][:5]
+    if missing or extra:
+        raise ValueError(f"scheme {scheme.name!r} does not match the model's weights: model-only {missing}, "
+                         f"scheme-only {extra} (was the scheme made for another config?)")
+    return out
 
 
 @torch.no_grad()
 def apply_scheme(model: nn.Module, scheme: "Scheme | str | None" = None) -> nn.Module:
     """(Re-)initialise ``model`` from ``scheme`` (default: ``model.scheme``); returns the model.
 
-    * every weight ~ N(0, scheme.weight_var[name]) (drawn in ``named_parameters()`` order from the
-      global torch RNG, so the same RNG state gives the same weights);
-    * every bias 0, every LayerNorm gain 1 and shift 0;
+    * every weight ~ N(0, variance) with the variance from `scheme_weight_variances` (drawn in
+      ``named_parameters()`` order from the global torch RNG, so the same RNG state gives the same
+      weights);
+    * every bias 0, every norm gain 1 and (LayerNorm) shift 0;
     * every residual block's ``lam``, ``beta`` from ``scheme.merges[module name]``;
     * ``model.head_scale`` from ``scheme.scales["head_scale"]``.
 
@@ -48,23 +94,19 @@ def apply_scheme(model: nn.Module, scheme: "Scheme | str | None" = None) -> nn.M
     config: ModelConfig = model.config
     scheme = resolve_scheme(config, scheme if scheme is not None else getattr(model, "scheme", None))
     weights = weight_parameters(model)
-    if set(weights) != set(scheme.weight_var):
-        missing = sorted(set(weights) - set(scheme.weight_var))[:5]
-        extra = sorted(set(scheme.weight_var) - set(weights))[:5]
-        raise ValueError(f"scheme {scheme.name!r} does not match the model's weights: model-only {missing}, "
-                         f"scheme-only {extra} (was the scheme made for another config?)")
+    variances = scheme_weight_variances(scheme, config, list(weights))
     modules = dict(model.named_modules())
     missing_merges = [m for m in scheme.merges if m not in modules]
     if missing_merges:
         raise ValueError(f"scheme {scheme.name!r} names merges the model lacks, e.g. {missing_merges[:3]}")
     for name, p in model.named_parameters():
         if name in weights:
-            p.normal_(0.0, math.sqrt(scheme.weight_var[name]))
+            p.normal_(0.0, math.sqrt(variances[name]))
     for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
+        if isinstance(m, NORM_MODULES):
             if m.weight is not None:
                 m.weight.fill_(1.0)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 m.bias.zero_()
         elif isinstance(m, nn.Linear) and m.bias is not None:
             m.bias.zero_()
@@ -101,4 +143,4 @@ class SchemeModel(nn.Module):
         return [("", self)]
 
 
-__all__ = ["apply_scheme", "resolve_scheme", "weight_parameters", "SchemeModel"]
+__all__ = ["apply_scheme", "resolve_scheme", "weight_parameters", "scheme_weight_variances", "SchemeModel"]

@@ -1,6 +1,9 @@
 """Vision Transformer classifier: patch embedding + class token + learned positions, the
 bidirectional encoder, classification from the class token's final hidden state.
 
+With ``position="rope"`` the learned table is replaced by rotary positions over the flattened
+sequence index (class token 0, patches 1.. in row-major order); ``"none"`` has no positions.
+
 Images are ``[B, C, H, W]`` floats; the DSLM patch-embedding variance assumes unit-variance pixels.
 """
 
@@ -24,7 +27,7 @@ class ViT(Stack, SchemeModel):
         d, P = config.d_model, config.patch_size
         self.patch_emb = nn.Linear(config.channels * P * P, d, bias=config.bias)
         self.cls_token = nn.Parameter(torch.empty(1, d))
-        self.pos_emb = nn.Embedding(config.seq_len, d)
+        self.pos_emb = nn.Embedding(config.seq_len, d) if config.position == "learned" else None
         self._init_stack(config, config.n_layers, causal=False)
         self.head = nn.Linear(d, config.n_classes, bias=config.bias)
         self.head_scale = 1.0
@@ -43,7 +46,7 @@ class ViT(Stack, SchemeModel):
         patches = images.reshape(B, c.channels, n, P, n, P).permute(0, 2, 4, 1, 3, 5).reshape(B, n * n, -1)
         x = self.patch_emb(patches.to(self.patch_emb.weight.dtype))
         x = torch.cat([self.cls_token.expand(B, 1, -1).to(x.dtype), x], dim=1)
-        return x + self.pos_emb.weight
+        return x if self.pos_emb is None else x + self.pos_emb.weight
 
     def hidden(self, images: torch.Tensor) -> torch.Tensor:
         """Final hidden state of every position [B, 1 + n_patches, d]."""

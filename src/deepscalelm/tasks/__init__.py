@@ -3,8 +3,10 @@
 Every reader returns plain `Example` records and raises `DSLMError` naming the file and the line
 (1-based) of the first malformed record, so a broken data file is found at once. `load_task` assembles
 a `TaskData` (train / dev / test splits, the head it needs, a note on how the splits were made).
+The user's own classification, text-pair and multiple-choice files are read by `load_files`
+(`deepscalelm.tasks.files`).
 
-Task formats (see ``/work/shared/data/*/SOURCE.md``):
+Task formats (where to fetch each: `deepscalelm.datasets` and docs/data.md):
 
 * ``sst2``: ``stsa.binary.{train,dev,test}``, one ``<label> <sentence>`` per line, label 0/1.
 * ``boolq``: ``dev.jsonl`` only (the official train split is not available): one JSON object per
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..datasets import dataset_dir
 from ..errors import DSLMError
 
 KINDS = ("classification", "multiple_choice")
@@ -302,31 +305,31 @@ def _seeded_split(items: list, sizes: Sequence[int], key: str) -> list[list]:
 
 
 # ---------------------------------------------------------------------------------- load_task
-def load_task(name: str, data_dir: str | Path = "/work/shared/data") -> TaskData:
-    """The task `name` (one of `TASKS`) read from ``data_dir`` (the folder with sst2/, boolq/, ...)."""
-    root = Path(data_dir).expanduser()
+def load_task(name: str, data_dir: str | Path | None = None) -> TaskData:
+    """The task `name` (one of `TASKS`) read from the data root ``data_dir`` (the folder with sst2/, boolq/,
+    ...; default ``$DSLM_DATA`` or ``./data``, see `deepscalelm.datasets.data_root`)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks: sst2, boolq, dream, babi-qa1 ... babi-qa20")
     if name == "sst2":
-        splits = {s: read_sst2(root / "sst2" / f"stsa.binary.{s}") for s in ("train", "dev", "test")}
+        splits = {s: read_sst2(dataset_dir("sst2", data_dir) / f"stsa.binary.{s}") for s in ("train", "dev", "test")}
         return TaskData(name, "classification", 2, splits, ["negative", "positive"],
                         note="SST-2 (Kim 2014 sentence-level files): own train/dev/test")
     if name == "boolq":
-        exs = read_boolq(root / "boolq" / "dev.jsonl")
+        exs = read_boolq(dataset_dir("boolq", data_dir) / "dev.jsonl")
         if len(exs) < sum(BOOLQ_SPLIT):
-            raise DSLMError(f"{root}/boolq/dev.jsonl has {len(exs)} examples, the split needs {sum(BOOLQ_SPLIT)}")
+            raise DSLMError(f"boolq/dev.jsonl has {len(exs)} examples, the split needs {sum(BOOLQ_SPLIT)}")
         tr, dv, te = _seeded_split(exs, BOOLQ_SPLIT, "boolq")
         return TaskData(name, "classification", 2, {"train": tr, "dev": dv, "test": te}, ["no", "yes"],
                         truncate="head",
                         note=f"BoolQ official dev.jsonl split {BOOLQ_SPLIT[0]}/{BOOLQ_SPLIT[1]}/{BOOLQ_SPLIT[2]} "
                              f"(train/dev/test, seed {SPLIT_SEED}); not comparable with published BoolQ dev scores")
     if name == "dream":
-        splits = {s: read_dream(root / "dream" / f"{s}.json") for s in ("train", "dev", "test")}
+        splits = {s: read_dream(dataset_dir("dream", data_dir) / f"{s}.json") for s in ("train", "dev", "test")}
         n = len(splits["train"][0].options or ())
         return TaskData(name, "multiple_choice", n, splits, truncate="head",
                         note="DREAM: own train/dev/test; 3 options, chance 33.3%")
     n = int(name[len("babi-qa"):])
-    train_f, test_f = _babi_files(root / "babi", n)
+    train_f, test_f = _babi_files(dataset_dir("babi", data_dir), n)
     train_raw, test_raw = read_babi(train_f), read_babi(test_f)
     answers = sorted({a for _, a in train_raw})
     index = {a: i for i, a in enumerate(answers)}
@@ -349,5 +352,7 @@ def load_task(name: str, data_dir: str | Path = "/work/shared/data") -> TaskData
                          "story truncated keeping its end")
 
 
+from .files import TASK_TYPES, load_files  # noqa: E402  (files.py builds on the readers above)
+
 __all__ = ["Example", "TaskData", "TASKS", "KINDS", "BOOLQ_SPLIT", "SPLIT_SEED", "load_task", "check_labels",
-           "read_sst2", "read_boolq", "read_dream", "read_babi"]
+           "read_sst2", "read_boolq", "read_dream", "read_babi", "load_files", "TASK_TYPES"]

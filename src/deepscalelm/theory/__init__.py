@@ -1,10 +1,10 @@
 """Closed-form signal propagation for transformers: pure Python, no torch.
 
 * `Signal`, `Grad`: moment records (mean/var/token correlation; gradient var/correlation).
-* `components`: Linear, Dropout, ReLU, GeLU, LayerNorm, Softmax, Attention, Embedding (spec §3).
-* `blocks`: FFN block, multi-head attention block, residual merge (spec §4).
-* `predict(config) -> Trajectory`: whole-model moments per sublayer (spec §5).
-* `schemes`: dslm, xavier, normal, gpt2, deepnet (spec §6, §7.2).
+* `components`: Linear, Dropout, ReLU, GeLU, LayerNorm, Softmax, Attention, Embedding (the paper's Table 1).
+* `blocks`: FFN block, multi-head attention block, residual merge (blocks composed from the paper's Table 1).
+* `predict(config) -> Trajectory`: whole-model moments per sublayer (the paper's model-level analysis).
+* `schemes`: dslm, xavier, normal, gpt2, deepnet (the paper's DeepScaleLM scheme; the authors' Xavier baseline).
 """
 
 from .moments import Grad, Signal

@@ -1,20 +1,20 @@
-"""Closed-form moments of softmax and of one scaled dot-product attention head (spec §3.6, §3.7).
+"""Closed-form moments of softmax and of one scaled dot-product attention head (the paper's Table 1, softmax; the paper's Table 1, attention).
 
 Pure Python (``math`` only), so the whole-model engine can call it thousands of times.
 
-Conventions (spec §2.1, `deepscalelm.theory.moments`): a `Signal` carries the mean, the variance and
+Conventions (the paper's moment definitions, `deepscalelm.theory.moments`): a `Signal` carries the mean, the variance and
 the token-to-token correlation ``corr`` of an activation (covariance of two *different* tokens at the
 same hidden unit over the variance); a `Grad` the variance and token correlation of a zero-mean
 gradient. All variances are in squared activation units; no quantity here has physical units.
 
-Input model (spec §2.2): for every hidden unit the L token values are jointly Gaussian and
+Input model (the paper's Gaussian input model): for every hidden unit the L token values are jointly Gaussian and
 exchangeable (variance sigma^2, pairwise correlation r), hidden units are independent, the weights are
 i.i.d. zero-mean normal and independent of everything, and the gradient arriving from above is an
 independent Gaussian field with variance sigma_g^2 and token correlation r_g.
 
 Two forms are offered for the attention head:
 
-* ``exact=False``: the authors' large-L formulas of spec §3.7, transcribed literally (bidirectional
+* ``exact=False``: the authors' large-L formulas of the paper's Table 1, attention, transcribed literally (bidirectional
   only; for ``causal=True`` the same expressions are applied per query position with the window
   size in place of L and pooled over positions).
 * ``exact=True`` (default): our finite-L version, derived in ``docs/causal_attention.md``. It uses the
@@ -304,10 +304,10 @@ def _full_masses(n: int, v: float) -> tuple[float, float]:
 
 
 class Softmax:
-    """Softmax over a length-``seq_len`` vector of logits (spec §3.6).
+    """Softmax over a length-``seq_len`` vector of logits (the paper's Table 1, softmax).
 
     The logits have variance sigma^2 and pairwise correlation r (their mean is irrelevant). Only
-    the effective variance v = (1 - r) sigma^2 matters. ``exact=True`` uses the spec's "full" forms,
+    the effective variance v = (1 - r) sigma^2 matters. ``exact=True`` uses the authors' "full" forms,
     ``exact=False`` its large-L approximations:
 
     * mean 1/L;
@@ -317,7 +317,7 @@ class Softmax:
     * gradient variance: full sigma_g^2 (var_out + 1/L^2) = sigma_g^2 E[p^2], approx
       e^v sigma_g^2 / L^2. A gradient component shared by all entries (correlation r_g) is removed
       by the softmax Jacobian (J 1 = 0), so sigma_g^2 is replaced by (1 - r_g) sigma_g^2 (exact; the
-      spec's checks use r_g = 0). The input gradient sums to zero, so its correlation is -1/(L-1).
+      authors' checks use r_g = 0). The input gradient sums to zero, so its correlation is -1/(L-1).
 
     Validity: both forms assume log-normal-like statistics of the normaliser; use them for
     v = (1 - r) sigma^2 <= 1 (the authors validated sigma <= 1). Measured at L = 300 (2000 vectors,
@@ -355,7 +355,7 @@ class Softmax:
 
 
 class Attention:
-    """One scaled dot-product attention head (spec §3.7), output A V before the output projection.
+    """One scaled dot-product attention head (the paper's Table 1, attention), output A V before the output projection.
 
     Q = x W_Q, K = x W_K, V = x W_V with W in R^{d_model x d_head}, entries N(0, q_var / k_var /
     v_var); logits Q K^T / sqrt(d_head); softmax over keys (over keys 1..i for query i when
@@ -465,7 +465,7 @@ class Attention:
         s2x, rx, s2k, rk, ss, v = m
         d, L = self.d_model, self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
-        # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (spec's d q k sigma^6 for self-attention)
+        # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (the authors' d q k sigma^6 for self-attention)
         t = d * self.q_var * self.k_var * s2x * s2k * s2k
         c2 = (1.0 - rk) ** 2 * t
         if not self.exact:

@@ -1,4 +1,4 @@
-"""Block-level moments (spec §4): the FFN block, the multi-head attention block, the residual merge.
+"""Block-level moments (blocks composed from the paper's Table 1): the FFN block, the multi-head attention block, the residual merge.
 
 A block maps the moments of its input (a LayerNorm output in Pre-LN, the normalised stream in
 Post-LN) to the moments of its output F *after* its output dropout and before the residual scaling.
@@ -243,7 +243,7 @@ class AttentionBlock:
 
 @dataclass(frozen=True)
 class ResidualMerge:
-    """y = lam * x + beta * F with F uncorrelated with x at initialisation (spec §4.3).
+    """y = lam * x + beta * F with F uncorrelated with x at initialisation (the residual merge).
 
     var_y = lam^2 var_x + beta^2 var_F; the token covariances add the same way. Backward, for a
     branch that maps the gradient g_y to g_branch at x: var_gx = lam^2 var_gy + beta^2 var_branch.

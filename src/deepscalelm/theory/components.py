@@ -1,8 +1,8 @@
-"""Closed-form moments of every transformer component (spec §3, the paper's Table 1).
+"""Closed-form moments of every transformer component (the paper's Table 1).
 
 Each component has ``forward(x: Signal) -> Signal`` (moments of the output given the input's) and
 ``backward(x: Signal, g: Grad) -> Grad`` (moments of the gradient at the input, given the forward
-input ``x`` and the gradient ``g`` arriving at the output). Assumptions (spec §2.2): for each hidden
+input ``x`` and the gradient ``g`` arriving at the output). Assumptions (the paper's Gaussian input model): for each hidden
 unit the L token values are jointly Gaussian and exchangeable (mean mu, variance sigma^2, pairwise
 correlation r); hidden units are independent; weights are i.i.d. zero-mean normal and independent of
 the inputs; the incoming gradient is independent of the forward activations.
@@ -44,7 +44,7 @@ def _zero_mean(component: str, mean: float, var: float) -> None:
 
 @dataclass(frozen=True)
 class Linear:
-    """y = x W with W in R^{d_in x d_out}, W_ij ~ N(0, weight_var), no bias (spec §3.1).
+    """y = x W with W in R^{d_in x d_out}, W_ij ~ N(0, weight_var), no bias (the paper's Table 1, linear).
 
     A non-zero input mean acts as extra token correlation: r_out = (r sigma^2 + mu^2)/(sigma^2 + mu^2).
     The gradient keeps its correlation: var_in = d_out * weight_var * var_g.
@@ -80,7 +80,7 @@ class Linear:
 
 @dataclass(frozen=True)
 class Dropout:
-    """Inverted dropout with drop probability p: kept units scaled by 1/(1-p) (spec §3.2).
+    """Inverted dropout with drop probability p: kept units scaled by 1/(1-p) (the paper's Table 1, dropout).
 
     Output variance (sigma^2 + p mu^2)/(1-p); the token covariance is unchanged, so for mu = 0
     r_out = (1-p) r. The gradient is masked the same way: var/(1-p), covariance unchanged.
@@ -116,7 +116,7 @@ def relu_cov_factor(r: float) -> float:
 
 @dataclass(frozen=True)
 class ReLU:
-    """max(0, x) of a zero-mean Gaussian input (spec §3.3).
+    """max(0, x) of a zero-mean Gaussian input (the paper's Table 1, ReLU).
 
     Output mean sigma/sqrt(2 pi), variance sigma^2 (pi-1)/(2 pi), second moment sigma^2/2; gradient
     variance var_g/2 and covariance (1/4 + arcsin(r)/(2 pi)) r_g var_g.
@@ -148,7 +148,7 @@ class ReLU:
 
 
 def gelu_moments(s2: float) -> tuple[float, float]:
-    """(mean, variance) of GeLU(x) = x Phi(x) for x ~ N(0, s2) (spec §3.4)."""
+    """(mean, variance) of GeLU(x) = x Phi(x) for x ~ N(0, s2) (the paper's Table 1, GeLU)."""
     a = s2 / (1.0 + s2)
     mean = s2 / math.sqrt(_TWO_PI * (1.0 + s2))
     var = (s2 / _TWO_PI) * (math.pi - a - math.acos(a) + 2.0 * a * math.sqrt((1.0 - a) / (1.0 + a)))
@@ -157,7 +157,7 @@ def gelu_moments(s2: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class GeLU:
-    """x Phi(x) (exact erf form) of a zero-mean Gaussian input (spec §3.4).
+    """x Phi(x) (exact erf form) of a zero-mean Gaussian input (the paper's Table 1, GeLU).
 
     Forward and backward gains differ (at unit input E[GeLU^2] = 0.4252, E[GeLU'^2] = 0.4559).
     """
@@ -200,12 +200,12 @@ class GeLU:
 
 @dataclass(frozen=True)
 class LayerNorm:
-    """Normalisation over d hidden units per token, without the affine part (spec §3.5).
+    """Normalisation over d hidden units per token, without the affine part (the paper's Table 1, LayerNorm).
 
     Output mean 0, variance 1, covariance across hidden units of one token -1/(d-1) (`hidden_cov`).
     Token correlation: the mean cosine of two centred Gaussian vectors with per-coordinate
-    correlation r in n = d-1 dimensions, r (1 - (1 - r^2)/(2n)) to first order in 1/n (the spec's
-    r (1 - 1/d) is the authors' simpler form; ours matches Monte Carlo better at small d, see
+    correlation r in n = d-1 dimensions, r (1 - (1 - r^2)/(2n)) to first order in 1/n (the
+    authors' r (1 - 1/d) is a simpler form; ours matches Monte Carlo better at small d, see
     tests). Input mean is removed. Gradient: var_g / var_x and the same correlation (the division
     is by the input *variance*, not the second moment).
     """
@@ -242,7 +242,7 @@ class LayerNorm:
 
 @dataclass(frozen=True)
 class Embedding:
-    """One embedding table of ``vocab_size`` rows, entries N(0, weight_var) (spec §2.4).
+    """One embedding table of ``vocab_size`` rows, entries N(0, weight_var) (the paper's Zipf embedding correlation).
 
     The output of a lookup has mean 0, variance ``weight_var`` and token correlation equal to the
     probability that two different positions hold the same row, ``same_row_prob`` (default: the Zipf

@@ -1,4 +1,4 @@
-"""DSLM's layer-dependent V/O initialisation: the token-correlation schedule (spec §6.3).
+"""DSLM's layer-dependent V/O initialisation: the token-correlation schedule (DSLM's V/O correlation schedule).
 
 The attention block's output variance is proportional to the correlation r of its input (at large
 L, d^2 sigma_V^2 sigma_O^2 r / (1-p)), so DSLM predicts r at every layer before the model is built
@@ -7,7 +7,7 @@ and sets sigma_V^2 = sigma_O^2 = sqrt((1-p)/r)/d there.
 Two schedules (``ModelConfig`` has no switch: the choice is the `schedule` argument):
 
 * ``"paper"``: the authors' large-L recursion (attention output correlation 1-p, FFN output
-  correlation (1-p) f(r)), exactly as spec §6.3.
+  correlation (1-p) f(r)), exactly as the authors give it.
 * ``"exact"`` (default once the propagation engine is available): the same condition, solved with
   the exact finite-L (and causal) attention moments of `deepscalelm.theory.blocks`.
 """
@@ -88,7 +88,7 @@ def attention_vo_variances(config: ModelConfig, weight_var: dict[str, float] | N
                            forward_out: dict | None = None) -> dict[str, float]:
     """Per attention block name (``{stack}layers.{i}.attn`` / ``.cross``): the V (= O) variance.
 
-    Uses ``config.corr_schedule``: "paper" (spec §6.3 recursion) or "exact" (needs the other
+    Uses ``config.corr_schedule``: "paper" (the authors' recursion) or "exact" (needs the other
     weights' variances and the merges).
     """
     from .schemes import embedding_corr

@@ -1,4 +1,4 @@
-"""Whole-model moment propagation (spec §5): `predict(config) -> Trajectory`.
+"""Whole-model moment propagation (the paper's model-level analysis): `predict(config) -> Trajectory`.
 
 The engine walks the residual stream forward, block by block, with the block maps of
 `deepscalelm.theory.blocks`, then walks the gradient back from a unit-variance, uncorrelated seed at
@@ -88,7 +88,7 @@ class _Step:
 
 
 def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
-    """Moments of the embedding output after embedding dropout (spec §2.4).
+    """Moments of the embedding output after embedding dropout (the paper's Zipf embedding correlation).
 
     Token table: correlation = P(two positions share a token) (`ModelConfig.token_repeat_prob`);
     learned positions: 0; token types (one segment): 1. ViT: patch projection of unit-variance,

@@ -1,6 +1,6 @@
 """Immutable moment records of a forward signal and of a backward gradient.
 
-Conventions (spec §2.1): moments are entry-wise over a (tokens × hidden units) activation, with the
+Conventions (the paper's moment definitions): moments are entry-wise over a (tokens × hidden units) activation, with the
 expectation over both the input distribution and the random weights.
 
 * ``mean``: E[x_{i,k}].

@@ -6,8 +6,8 @@ and fixed scales (``head_scale``). Nothing else: biases are 0 and LayerNorms sta
 
 Schemes:
 
-* ``dslm``  DeepScaleLM (spec §6), generalised; see `dslm`.
-* ``xavier`` the authors' baseline table (spec §7.2): Q,K,V 2/(d+d_head); O 1/d;
+* ``dslm``  DeepScaleLM (the paper's DeepScaleLM scheme), generalised; see `dslm`.
+* ``xavier`` the authors' baseline: Q,K,V 2/(d+d_head); O 1/d;
   FFN 2/(d+d_ff) (= 2/(5d) at d_ff = 4d); embeddings 1/d; MLM dense 1/d; other heads
   2/(fan_in+fan_out); merges (1, 1).
 * ``normal`` every weight N(0, std^2) (std = config.std, default 0.02); merges (1, 1).
@@ -20,6 +20,8 @@ Schemes:
   decoder-only (M layers): alpha=(2M)^(1/4), beta_d=(8M)^(-1/4); encoder-decoder: encoder
   alpha=0.81(N^4 M)^(1/16), beta_d=0.87(N^4 M)^(-1/16); decoder alpha=(3M)^(1/4),
   beta_d=(12M)^(-1/4). Embeddings 1/d.
+* ``completep`` CompleteP (Dey et al. 2025), alpha = 1: merges (1, min(1, 4/N)), matrices 1/fan_in,
+  unit-variance embeddings; see `completep`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Callable, Mapping
 from ..config import ModelConfig
 from .naming import layer_blocks, merge_names, n_embedding_tables, weight_shapes
 
-# E[GeLU(z)^2] for z ~ N(0, 1) (spec §3.4): the forward gain of GeLU at unit input.
+# E[GeLU(z)^2] for z ~ N(0, 1) (the paper's Table 1, GeLU): the forward gain of GeLU at unit input.
 GELU_SECOND_MOMENT = 0.42522
 
 
@@ -105,7 +107,7 @@ def _xavier(rows: int, cols: int) -> float:
 
 
 def xavier(config: ModelConfig) -> Scheme:
-    """The authors' "Xavier" baseline (spec §7.2)."""
+    """The authors' "Xavier" baseline for the paper's figures (arXiv 2403.09635)."""
     d, dh = config.d_model, config.d_head
     wv = {}
     for n, (rows, cols) in weight_shapes(config).items():
@@ -155,7 +157,7 @@ def dslm_beta2(config: ModelConfig, stack: str = "") -> float:
     """beta^2 = k / N^alpha, N = residual blocks of the stack (depth_unit "blocks") or its layers.
 
     With the defaults (k = 2, alpha = 1, "blocks") an encoder or decoder stack of N_L layers gets
-    beta^2 = 1/N_L, the authors' 0.005 at 192 layers (spec §6.2). Raises ValueError when k/N^alpha > 1.
+    beta^2 = 1/N_L, the authors' 0.005 at 192 layers (DSLM's choice of λ and β). Raises ValueError when k/N^alpha > 1.
     """
     n_layers = dict((s, n) for s, n, _ in config.stacks())[stack]
     n = _n_blocks(config, stack) if config.depth_unit == "blocks" else n_layers
@@ -167,7 +169,7 @@ def dslm_beta2(config: ModelConfig, stack: str = "") -> float:
 
 
 def embedding_corr(config: ModelConfig) -> float:
-    """Token correlation of the summed embedding before dropout (spec §2.4), equal table variances.
+    """Token correlation of the summed embedding before dropout (the paper's Zipf embedding correlation), equal table variances.
 
     r0 = sum over tables of (var_table / var_total) * P(two positions share a row of that table):
     token table: `ModelConfig.token_repeat_prob`; learned positions: 0; token types: 1 (one segment);
@@ -183,7 +185,7 @@ def embedding_corr(config: ModelConfig) -> float:
 
 
 def dslm(config: ModelConfig) -> Scheme:
-    """DeepScaleLM (spec §6): unit forward and backward moments at every layer.
+    """DeepScaleLM (the paper's DeepScaleLM scheme): unit forward and backward moments at every layer.
 
     * each of the T summed embedding tables: (1-p_emb)/T, so the embedding after dropout has var 1
       (ViT patch projection: (1-p_emb)/(T*fan_in) for unit-variance pixels);
@@ -257,8 +259,42 @@ def dslm(config: ModelConfig) -> Scheme:
     return scheme
 
 
+#: residual blocks of the reference depth of `completep` (a 2-layer decoder), where its multiplier is 1
+COMPLETEP_BASE_BLOCKS = 4
+
+
+def completep(config: ModelConfig) -> Scheme:
+    """CompleteP (Dey et al., NeurIPS 2025, arXiv 2505.01618) with alpha = 1, as an initialisation.
+
+    * merges (1, beta) with beta = min(1, N_0 / N): the branch multiplier 1/L of CompleteP, relative to
+      the reference depth N_0 = `COMPLETEP_BASE_BLOCKS` residual blocks (N: the residual blocks of the
+      stack), so a 2-layer model is the plain residual network;
+    * every matrix of the blocks and every head 1/fan_in (unit-gain projections, the muP/CompleteP
+      hidden init at the model's own width); embeddings (1-p_emb)/T, so the embedding has unit
+      variance as in `dslm`; tied LM head scaled by 1/sqrt(d * sigma_tok^2) (unit-variance logits).
+
+    Its learning-rate rule (hidden rates independent of depth for alpha = 1, Adam eps scaled by the
+    branch multiplier) is the ``"completep"`` parametrisation of `deepscalelm.optim.param_groups`.
+    """
+    t = n_embedding_tables(config)
+    emb_var = (1.0 - config.emb_p) / t
+    wv: dict[str, float] = {}
+    for n, (_rows, cols) in weight_shapes(config).items():
+        if n == "patch_emb.weight":
+            wv[n] = emb_var / cols
+        elif "emb" in n or n == "cls_token":
+            wv[n] = emb_var
+        else:
+            wv[n] = 1.0 / cols
+    merges = {m: (1.0, min(1.0, COMPLETEP_BASE_BLOCKS / _n_blocks(config, _stack_of(m))))
+              for m in merge_names(config)}
+    tied = config.tie_embeddings and config.arch != "vit"
+    scales = {"head_scale": 1.0 / math.sqrt(config.d_model * emb_var) if tied else 1.0}
+    return Scheme("completep", wv, merges, scales)
+
+
 SCHEME_FUNCTIONS: dict[str, Callable[[ModelConfig], Scheme]] = {
-    "dslm": dslm, "xavier": xavier, "normal": normal, "gpt2": gpt2, "deepnet": deepnet,
+    "dslm": dslm, "xavier": xavier, "normal": normal, "gpt2": gpt2, "deepnet": deepnet, "completep": completep,
 }
 
 
@@ -270,5 +306,5 @@ def get_scheme(config: ModelConfig, name: str | None = None) -> Scheme:
     return SCHEME_FUNCTIONS[name](config)
 
 
-__all__ = ["Scheme", "get_scheme", "dslm", "xavier", "normal", "gpt2", "deepnet", "dslm_beta2",
+__all__ = ["Scheme", "get_scheme", "dslm", "xavier", "normal", "gpt2", "deepnet", "completep", "dslm_beta2",
            "embedding_corr", "deepnet_constants", "SCHEME_FUNCTIONS", "GELU_SECOND_MOMENT"]

@@ -22,6 +22,8 @@ from ..errors import DSLMError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECAYS = ("cosine", "linear", "constant")
 ON_NAN = ("stop", "skip")
+#: optimiser parametrisations (`deepscalelm.optim`): one lr for all, or depth-aware block rates
+PARAMETRIZATIONS = ("standard", "dslm", "completep")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class TrainConfig(DictConfig):
     * ``warmup_steps`` linear warm-up from 0, then ``decay`` to ``min_lr_ratio * lr`` at ``max_steps``.
     * ``grad_clip``: max global L2 norm of the gradient (0 = off).
     * ``precision``: ``auto`` = bf16 autocast on a GPU that supports it, fp32 on CPU.
+    * ``parametrization``: ``standard`` (one lr for every parameter) or ``dslm`` (rates of the residual
+      blocks' parameters divided by the stack's effective depth relative to a 2-layer model, so a
+      learning rate transfers across depth) or ``completep`` (CompleteP's rule for the ``completep``
+      scheme); see `deepscalelm.optim`.
     * ``on_nan``: ``stop`` (report and stop, keeping the last good checkpoint) or ``skip`` the step.
     * ``max_nan_skips``: with ``on_nan="skip"``, the most consecutive steps that may be skipped; one
       more non-finite step stops the run with an error (a run whose loss stays non-finite never recovers).
@@ -75,6 +81,7 @@ class TrainConfig(DictConfig):
     fsdp: bool = False
     on_nan: str = "stop"
     max_nan_skips: int = 5
+    parametrization: str = "standard"
     eval_interval: int = 100
     eval_batches: int = 20
     ckpt_interval: int = 100
@@ -108,6 +115,7 @@ class TrainConfig(DictConfig):
         choice("precision", PRECISIONS)
         choice("decay", DECAYS)
         choice("on_nan", ON_NAN)
+        choice("parametrization", PARAMETRIZATIONS)
         for name in ("batch_size", "max_steps", "eval_interval", "eval_batches", "ckpt_interval",
                      "keep_checkpoints", "log_interval", "bpe_vocab_size"):
             pos_int(name)
@@ -163,6 +171,14 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "shakespeare-t5": (dict(_DEEP, arch="encoder-decoder", n_layers=12, n_decoder_layers=12,
                             d_model=64, n_heads=4, seq_len=128),
                        dict(batch_size=16, max_steps=300, warmup_steps=30, sample_tokens=0)),
+    # a Llama-shaped byte-level decoder: pre-RMSNorm, SwiGLU (d_ff ~ 8/3 d), rotary positions,
+    # grouped-query attention (2 K/V heads for 4 query heads), no biases, no dropout, Llama's
+    # N(0, 0.02^2) init; about the cost of shakespeare-deep per step
+    "llama": (dict(arch="decoder", norm="pre", norm_type="rmsnorm", activation="swiglu", position="rope",
+                   n_layers=16, d_model=64, n_heads=4, n_kv_heads=2, d_ff=176, seq_len=64, vocab_size=256,
+                   bias=False, dropout=0.0, attn_dropout=0.0, scheme="normal", std=0.02),
+              dict(batch_size=8, max_steps=500, warmup_steps=50, eval_interval=100, eval_batches=8,
+                   ckpt_interval=100, lr=2e-3)),
     # ViT on Fashion-MNIST (pass --data DIR with the IDX .gz files)
     "fashion-vit": (dict(arch="vit", n_layers=12, d_model=64, n_heads=4, image_size=28, patch_size=4,
                          channels=1, n_classes=10, dropout=0.1, attn_dropout=0.1, scheme="dslm"),

@@ -29,9 +29,10 @@ from ..data.objectives import IGNORE, bits_per_byte, rows
 from ..errors import DSLMError
 from . import checkpoint as ck
 from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
+from ..optim import param_groups as depth_param_groups
 from .guard import NonFiniteError, divergence_check, locate_nonfinite, reference_loss
 from .memory import check_memory
-from .optim import lr_at, param_groups
+from .optim import lr_at
 from .run import RunData, check_out_dir, open_run, prepare_run, run_configs
 
 ModelFactory = Callable[[ModelConfig], nn.Module]
@@ -393,6 +394,21 @@ def _discard_new_run(out: Path, was_empty_dir: bool) -> None:
         out.mkdir(exist_ok=True)
 
 
+def _block_summary(mcfg: ModelConfig) -> str:
+    """``"pre-LN"`` / ``"post-LN"`` for the paper's blocks, plus the non-default block options
+    (e.g. ``"pre-RMSNorm, swiglu, rope, 2 kv heads"``)."""
+    parts = [f"{mcfg.norm}-{'RMSNorm' if mcfg.norm_type == 'rmsnorm' else 'LN'}"]
+    if mcfg.activation in ("silu", "swiglu", "geglu"):
+        parts.append(mcfg.activation)
+    if mcfg.position != "learned":
+        parts.append(f"{mcfg.position} positions" if mcfg.position == "none" else "rope")
+    if mcfg.kv_heads != mcfg.n_heads:
+        parts.append(f"{mcfg.kv_heads} kv heads")
+    if mcfg.qk_norm is not None:
+        parts.append(f"qk-{mcfg.qk_norm}")
+    return ", ".join(parts)
+
+
 def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig, *, resume: bool = False,
           explicit_config: bool = True, factory: ModelFactory | None = None, progress: bool = True,
           log: Callable[[str], None] = print,
@@ -487,8 +503,9 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
         say("note: --fsdp has no effect in a single process (run under torchrun)")
     sharded = d.enabled and tcfg.fsdp
     n_params = sum(p.numel() for p in raw.parameters())
-    optimizer = torch.optim.AdamW(param_groups(raw, tcfg.weight_decay), lr=tcfg.lr,
-                                  betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+    optimizer = torch.optim.AdamW(depth_param_groups(raw, tcfg.lr, tcfg.parametrization,
+                                                     weight_decay=tcfg.weight_decay, eps=tcfg.eps),
+                                  lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
     scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
     step = 0
     if resume:
@@ -524,7 +541,8 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
 
     metrics = Metrics(out, d.main, step if resume else None)
     tokens_per_step = tcfg.batch_size * (mcfg.seq_len if objective != "image" else 1)
-    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {mcfg.norm}-LN, scheme {mcfg.scheme}, "
+    say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, "
+        f"scheme {mcfg.scheme}, "
         f"{n_params / 1e6:.2f}M parameters; device {device}"
         f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, {d.world} process(es), "
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
@@ -580,7 +598,7 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
             s = step + 1
             lr = lr_at(s, tcfg)
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             global_batch = rd.train.batch(s, tcfg.batch_size)
             mine = rows(global_batch, d.rank * per_rank, (d.rank + 1) * per_rank)
             loss_acc = torch.zeros((), device=device)

@@ -6,34 +6,20 @@ import math
 
 from torch import nn
 
+from .. import optim
 from .config import TrainConfig
-
-_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices and non-decayed vectors.
+    """Two AdamW groups: decayed matrices and non-decayed vectors, at the optimizer's own lr and eps.
 
     Weight decay applies to parameters with two or more dimensions (linear and embedding matrices)
-    that do not belong to a normalisation module; biases, LayerNorm gains/shifts, and other
-    vector-shaped parameters (e.g. a ViT class token of shape [1, d] counts as a matrix, a bias as
-    a vector) are not decayed. Groups carry a ``names`` list for readable checkpoints.
+    that do not belong to a normalisation module; biases, norm gains/shifts, and other vector-shaped
+    parameters are not decayed. Groups carry a ``names`` list for readable checkpoints. This is
+    `deepscalelm.optim.param_groups` with the standard parametrisation, without per-group lr/eps.
     """
-    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
-    decay, no_decay, dn, nn_ = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim >= 2 and id(p) not in norm_params:
-            decay.append(p)
-            dn.append(name)
-        else:
-            no_decay.append(p)
-            nn_.append(name)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    groups = optim.param_groups(model, 0.0, "standard", weight_decay=weight_decay)
+    return [{k: v for k, v in g.items() if k not in ("lr", "eps", "lr_scale")} for g in groups]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

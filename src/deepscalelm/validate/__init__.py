@@ -1,4 +1,4 @@
-"""Monte-Carlo validation of the component moment formulas (spec §7.1).
+"""Monte-Carlo validation of the component moment formulas (the paper's component-check protocol).
 
 `run_component(name, grid="quick")` samples every grid point, measures and returns, per measured
 quantity, the list of relative errors and their 50/90/99th percentiles. torch is needed (imported
@@ -19,7 +19,7 @@ GRIDS = ("quick", "test", "authors", "random")
 
 def grid_points(name: str, grid: str, seed: int = 0, n_random: int = 40) -> list[dict]:
     """Grid points of component ``name``: ``quick``, ``test`` (first points of quick, fewer runs),
-    ``authors`` (spec §7.1 full grids) or ``random`` (``n_random`` independent random points)."""
+    ``authors`` (the paper's component-check protocol full grids) or ``random`` (``n_random`` independent random points)."""
     if name not in CHECKS:
         raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
     if grid == "quick":

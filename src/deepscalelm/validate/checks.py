@@ -1,12 +1,12 @@
-"""One Monte-Carlo check per component and grid point (spec §7.1), and the grids.
+"""One Monte-Carlo check per component and grid point (the paper's component-check protocol), and the grids.
 
-A check samples the input (spec §2.2), builds the layer with fresh weights for every run (the
-moments are expectations over inputs *and* weights, spec §2.1), runs it forward, back-propagates
+A check samples the input (the paper's Gaussian input model), builds the layer with fresh weights for every run (the
+moments are expectations over inputs *and* weights, the paper's moment definitions), runs it forward, back-propagates
 loss = sum(out * G) with a structured random G, measures the moments (`protocol.measure`) and
 returns rows ``(quantity, actual, predicted, pred_var)``; ``pred_var`` (a predicted variance) is
 given for quantities that may be ~0 (means, covariances), see `protocol.calc_err`.
 
-Grids: ``authors`` (the full grids of spec §7.1, a long benchmark), ``quick`` (a reduced subset for
+Grids: ``authors`` (the full grids of the paper's component-check protocol, a long benchmark), ``quick`` (a reduced subset for
 ``dslm validate --quick``), ``test`` (seconds, for the test-suite) and ``random`` (independent random
 points drawn from the same ranges with their own seed, at CPU-sized d and L).
 """
@@ -24,7 +24,7 @@ from .protocol import measure, sample_field
 
 Row = tuple[str, float, float, "float | None"]
 
-# spec §7.1 value lists
+# the paper's component-check protocol value lists
 _S3 = [0.3162, 1.0, 3.1623]
 _R3 = [0.0, 1 / 3, 2 / 3]
 _R5 = [0.0, 0.2, 0.4, 0.6, 0.8]
@@ -146,7 +146,7 @@ def check_layernorm(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 
 def check_softmax(pt: dict, gen: Any, dtype: Any) -> list[Row]:
-    """Softmax over L logits (batch of vectors); both the spec's full and approximate forms."""
+    """Softmax over L logits (batch of vectors); both the authors' full and approximate forms."""
     torch = _torch()
     batch, L = pt["runs"], pt["L"]
     x = sample_field(batch, L, 1, 0.0, pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
@@ -245,7 +245,7 @@ def check_cross_attention(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 
 def check_embedding(pt: dict, gen: Any, dtype: Any) -> list[Row]:
-    """Forward moments of one embedding table with Zipf-distributed token ids (spec §2.4)."""
+    """Forward moments of one embedding table with Zipf-distributed token ids (the paper's Zipf embedding correlation)."""
     from ..theory.components import Embedding
 
     torch = _torch()
@@ -273,7 +273,7 @@ def _product(**lists: list) -> list[dict]:
 
 
 def authors_grid(name: str) -> list[dict]:
-    """The full grids of spec §7.1 (``attention_causal``/``cross_attention``/``embedding`` have no
+    """The full grids of the paper's component-check protocol (``attention_causal``/``cross_attention``/``embedding`` have no
     authors' grid; the bidirectional one, resp. a modest grid, is used)."""
     if name == "linear":
         return _product(mu=[0.1, 1, 10], sx=_S3, rx=_R3, mw=[0.1, 1, 10], sg=_S3, rg=_R3,

@@ -1,6 +1,6 @@
-"""Monte-Carlo measurement protocol of the authors' component checks (spec §7.1), in torch.
+"""Monte-Carlo measurement protocol of the authors' component checks (the paper's component-check protocol), in torch.
 
-* Inputs (spec §2.2): shape (runs, L, d); for every (run, hidden unit) the L token values are
+* Inputs (the paper's Gaussian input model): shape (runs, L, d); for every (run, hidden unit) the L token values are
   jointly Gaussian with mean mu, variance sigma^2 and pairwise correlation r, built as
   mu + sigma (sqrt(r) c + sqrt(1-r) e) with one shared c per (run, unit) and i.i.d. e.
 * Measurement of an activation y (runs, L, d): mean and variance over all entries
@@ -30,7 +30,7 @@ def _torch():
 
 def sample_field(runs: int, length: int, d: int, mean: float, std: float, corr: float,
                  generator: Any, dtype: Any = None) -> Any:
-    """Gaussian (runs, length, d) tensor with equicorrelated tokens (spec §2.2).
+    """Gaussian (runs, length, d) tensor with equicorrelated tokens (the paper's Gaussian input model).
 
     ``corr`` in [0, 1] is the correlation between two different tokens at the same (run, unit).
     """
@@ -57,7 +57,7 @@ def _offdiag_mean_cov(m: Any) -> float:
 
 
 def measure(y: Any, hidden: bool = False) -> dict[str, float]:
-    """Mean, variance and token covariance of y (runs, L, d) per spec §7.1.
+    """Mean, variance and token covariance of y (runs, L, d) per the paper's component-check protocol.
 
     With ``hidden`` also ``hidden_cov``: the mean covariance of two different hidden units of the
     same token (d x (runs*L) matrix).
@@ -75,7 +75,7 @@ def measure(y: Any, hidden: bool = False) -> dict[str, float]:
 
 
 def calc_err(actual: float, pred: float, pred_var: float | None = None) -> float:
-    """Relative error of a prediction (spec §7.1).
+    """Relative error of a prediction (the paper's component-check protocol).
 
     Without ``pred_var``: |actual - pred| / |actual|. With ``pred_var`` (a scale for quantities
     that may be ~0, e.g. means and covariances, normally the predicted variance): if pred == 0,
