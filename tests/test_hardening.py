@@ -219,8 +219,10 @@ def test_param_count_estimate_matches_the_models():
     from deepscalelm.models import build_model
 
     for kw in (dict(), dict(arch="encoder"), dict(arch="encoder-decoder"), dict(arch="vit"),
-               dict(tie_embeddings=False), dict(bias=False)):
-        c = ModelConfig(n_layers=3, d_model=64, n_heads=4, seq_len=32, **kw)
+               dict(tie_embeddings=False), dict(bias=False), dict(activation="swiglu"), dict(n_kv_heads=2),
+               dict(position="rope"), dict(norm_type="rmsnorm"),
+               dict(activation="geglu", n_kv_heads=1, position="rope", bias=False, norm_type="rmsnorm")):
+        c = ModelConfig(n_layers=3, d_model=64, n_heads=4, seq_len=32, scheme="normal", **kw)
         with torch.device("meta"):
             n = sum(p.numel() for p in build_model(c).parameters())
         assert 0.9 * n <= param_count(c) <= n, kw

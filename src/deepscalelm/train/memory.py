@@ -45,15 +45,17 @@ def _ffn(c: ModelConfig) -> int:
 def param_count(c: ModelConfig) -> int:
     """Approximate number of trainable parameters of the model `c` describes (within a few percent).
 
-    Counts the attention and feed-forward matrices (with biases), two LayerNorms per layer,
+    Counts the attention (q/o full width, k/v of ``n_kv_heads``) and feed-forward matrices (three
+    for gated activations) with their biases, two norms per layer (gain, plus shift for LayerNorm),
     cross-attention in the decoder of an encoder-decoder, the token/position embeddings, and the
     output head when not tied (the ViT patch embedding and class head instead of the vocabulary).
     """
     d = c.d_model
-    layer = _attention(c) + _ffn(c) + 4 * d
+    norm = d if c.norm_type == "rmsnorm" else 2 * d  # gain (and shift for LayerNorm)
+    layer = _attention(c) + _ffn(c) + 2 * norm
     total = c.n_layers * layer
     if c.arch == "encoder-decoder":
-        total += c.decoder_layers * (layer + _attention(c) + 2 * d)
+        total += c.decoder_layers * (layer + _attention(c) + norm)
     if c.arch == "vit":
         total += c.channels * c.patch_size ** 2 * d + d + c.n_classes * (d + 1)
     else:
