@@ -26,7 +26,8 @@ def test_checkpoint_files_are_safetensors_and_json_only(tmp_path):
     ckpt = res.checkpoint
     assert ckpt.name == "step-0000006"
     names = sorted(p.name for p in ckpt.iterdir())
-    assert names == ["model.safetensors", "run.json", "state.json", "tokenizer.json", "train_state.safetensors"]
+    assert names == ["meta.json", "model.safetensors", "run.json", "state.json", "tokenizer.json",
+                     "train_state.safetensors"]
     state = ck.read_state(ckpt)
     assert state["step"] == 6 and state["data_position"]["next_step"] == 7
     # kept the two newest checkpoints only, no temporary leftovers

@@ -2,8 +2,10 @@
 
 Each subcommand lives in its own module under ``deepscalelm.commands`` with ``register(subparsers)``
 (adds its parser and sets ``func``). Modules import torch lazily inside their ``run`` so that
-``dslm predict`` starts fast. A `ValueError` (bad input) or `DSLMError` prints ``dslm: error: ...``
-without a traceback and exits with status 2.
+``dslm predict`` starts fast. A `ValueError` (bad input) or `DSLMError` prints one line
+``dslm <command>: error: ...`` and exits with status 2; any other exception (a bug, or an
+operating-system error such as a full disk) prints one line naming its type and exits with status 1.
+``--debug`` (before or after the subcommand) prints the full traceback instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from typing import Sequence
 
 from .errors import DSLMError
@@ -28,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"deepscalelm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -37,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for subparser in sub.choices.values():  # `dslm train ... --debug` works too
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback of an error")
     return parser
 
 
@@ -73,12 +80,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, DSLMError) as exc:
-        print(f"dslm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"dslm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        return _report(args, exc)
+
+
+def _report(args: argparse.Namespace, exc: Exception) -> int:
+    """Print `exc` as one line (or its traceback with --debug); the exit status: 2 for bad input."""
+    if args.debug:
+        traceback.print_exc()
+    if isinstance(exc, (ValueError, DSLMError)):
+        print(f"dslm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    text = " ".join(str(exc).split()) or "(no message)"
+    hint = "" if args.debug else " (run again with --debug for the traceback)"
+    print(f"dslm {args.command}: error: {type(exc).__name__}: {text}{hint}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -58,8 +58,11 @@ class DictConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):
-        """Build from a mapping; unknown keys raise ValueError listing the known fields."""
+        """Build from a mapping; a non-mapping or unknown keys raise ValueError listing the known fields."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__} expects an object of fields {sorted(known)}, "
+                             f"got {type(data).__name__} {data!r}"[:300])
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")

@@ -22,6 +22,34 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+class BoolFlag(argparse.Action):
+    """``--name`` / ``--no-name`` for a boolean field; ``--name false`` (or true/yes/no/1/0/on/off) is
+    accepted too, for scripts written before ``--no-name`` existed."""
+
+    def __init__(self, option_strings: list[str], dest: str, default: bool | None = None,
+                 help: str | None = None) -> None:  # noqa: A002 - argparse's keyword
+        opts = []
+        for opt in option_strings:
+            opts.append(opt)
+            if opt.startswith("--"):
+                opts.append("--no-" + opt[2:])
+        super().__init__(opts, dest, nargs="?", default=default, help=help, metavar="BOOL")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        negated = bool(option_string and option_string.startswith("--no-"))
+        if values is None:
+            value = not negated
+        elif negated:
+            raise argparse.ArgumentError(self, f"{option_string} takes no value (got {values!r})")
+        else:
+            try:
+                value = _parse_bool(str(values))
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentError(self, str(exc)) from None
+        setattr(namespace, self.dest, value)
+
+
 def _optional(kind):
     def parse(text: str):
         return None if text.strip().lower() in ("none", "") else kind(text)
@@ -30,7 +58,8 @@ def _optional(kind):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, defaults: ModelConfig | None = None) -> None:
-    """Add ``--<field>`` (dashes for underscores) for every ModelConfig field."""
+    """Add ``--<field>`` (dashes for underscores) for every ModelConfig field; boolean fields get
+    ``--<field>`` / ``--no-<field>`` (`BoolFlag`)."""
     defaults = defaults or ModelConfig()
     hints = typing.get_type_hints(ModelConfig)
     group = parser.add_argument_group("model configuration (ModelConfig fields)")
@@ -39,13 +68,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: ModelConfig 
         default = getattr(defaults, f.name)
         optional = type(None) in typing.get_args(hint)
         base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool and not optional:
+            group.add_argument(flag, dest=f"cfg_{f.name}", action=BoolFlag, default=default,
+                               help=f"{flag} or --no-{flag[2:]} ({flag} true/false also works); "
+                                    f"default: {'on' if default else 'off'}")
+            continue
         kind = {int: int, float: float, bool: _parse_bool, str: str}[base]
         kwargs = {"type": _optional(kind) if optional else kind, "default": default,
                   "help": f"default: {default}", "metavar": f.name.upper()}
         if f.name in _CHOICES:
             kwargs["choices"] = _CHOICES[f.name]
             kwargs.pop("metavar")
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f"cfg_{f.name}", **kwargs)
+        group.add_argument(flag, dest=f"cfg_{f.name}", **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> ModelConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ..errors import DSLMError
@@ -117,18 +116,17 @@ def _shape_text(batch: Any) -> str:
 
 
 def _load_checkpoint(path: str):
-    from ..config import ModelConfig
     from ..models import build_model
     from ..train.checkpoint import load_model_state, resolve_checkpoint
+    from ..train.run import RUN_FILE, run_configs
 
     ckpt = resolve_checkpoint(path)
-    for cand in (ckpt / "run.json", ckpt.parent.parent / "run.json"):
-        if cand.is_file():
-            info = json.loads(cand.read_text())
+    for cand in (ckpt, ckpt.parent.parent):
+        if (cand / RUN_FILE).is_file():
+            config, _ = run_configs(cand)
             break
     else:
         raise DSLMError(f"checkpoint {ckpt} has no run.json to read the model config from")
-    config = ModelConfig.from_dict(info["model"])
     model = build_model(config)
     state = load_model_state(ckpt, model.state_dict())
     model.load_state_dict(state)

@@ -23,6 +23,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
+def _check_file_length(path: str, n_tokens: int, seq_len: int, objective: str) -> None:
+    """Raise DSLMError when the --file text is shorter than one evaluation window of the checkpoint."""
+    from ..data.objectives import CausalLM, MaskedLM, SpanCorruption
+    from ..errors import DSLMError
+
+    kinds = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption}
+    need = seq_len + (kinds[objective].extra if objective in kinds else 0)
+    if n_tokens < need:
+        raise DSLMError(f"--file {path} encodes to {n_tokens:,} tokens, fewer than the {need:,} of one evaluation "
+                        f"window (the checkpoint's seq_len {seq_len}{' + 1' if need > seq_len else ''}): "
+                        "pass a longer file")
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import tempfile
@@ -33,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from ..data.stream import encode_split, open_stream
     from ..data.text import Split, TextSource, check_text_file, load_corpus
     from ..errors import DSLMError
+    from ..train import checkpoint as ck
     from ..train.loop import evaluate
-    from ..train.run import make_objective
     from ..train.restore import load_for_inference
+    from ..train.run import make_objective
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -64,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
                 data_dir, name = ckpt.parent.parent / "data", args.split
                 if not (data_dir / "meta.json").is_file():
                     raise DSLMError(f"{data_dir} is missing (the checkpoint was moved away from its run): use --file")
+                ck.verify_data_meta(ckpt, state, data_dir)
             stream = open_stream(data_dir, name)
+            if args.file:
+                _check_file_length(args.file, len(stream), mcfg.seq_len, objective)
             data = make_objective(objective, stream, mcfg, tcfg, tok, name)
             tpb = stream.tokens_per_byte
         res = evaluate(model, data, objective, args.batch_size, device, "fp32", args.max_batches, tpb)

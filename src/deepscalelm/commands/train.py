@@ -43,10 +43,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--threads", type=int, help="CPU threads per process (default: automatic, the idle cores)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (--no-compile: eager)")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute layer activations in the backward pass (less memory)")
-    p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP (under torchrun)")
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=None,
+                   help="shard the model with FSDP (under torchrun)")
     p.add_argument("--parametrization", choices=["standard", "dslm", "completep"],
                    help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
                         "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
@@ -54,6 +56,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="also log metrics to Weights & Biases (needs wandb; WANDB_MODE=offline works)")
     p.add_argument("--wandb-project", metavar="NAME", help="W&B project (default deepscalelm)")
+    p.add_argument("--max-nan-skips", type=int, metavar="N",
+                   help="with --on-nan skip: stop with an error after N consecutive skipped steps (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -64,8 +68,8 @@ _FLAGS = {  # argparse dest -> config key
     "seed": "train.seed", "seq_len": "model.seq_len", "n_layers": "model.n_layers", "d_model": "model.d_model",
     "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
-    "fsdp": "train.fsdp", "on_nan": "train.on_nan", "parametrization": "train.parametrization",
-    "wandb": "train.wandb", "wandb_project": "train.wandb_project",
+    "fsdp": "train.fsdp", "on_nan": "train.on_nan", "max_nan_skips": "train.max_nan_skips",
+    "parametrization": "train.parametrization", "wandb": "train.wandb", "wandb_project": "train.wandb_project",
 }
 
 
@@ -80,8 +84,8 @@ def _newest_run(root: Path) -> Path:
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Any, Path]:
     """(ModelConfig, TrainConfig, run dir) from the command line."""
-    from ..train.config import DEFAULT_PRESET, TrainConfig, apply_overrides, parse_set, resolve
-    from ..train.run import read_run
+    from ..train.config import DEFAULT_PRESET, apply_overrides, parse_set, resolve
+    from ..train.run import run_configs
 
     overrides: dict[str, Any] = parse_set(args.set)
     if args.data is not None:
@@ -101,9 +105,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, Any, Path]
     else:
         out = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.preset and not args.config and (out / "run.json").is_file():
-        info = read_run(out)
-        model, train = apply_overrides(ModelConfig.from_dict(info["model"]),
-                                       TrainConfig.from_dict(info["train"]), overrides)
+        model, train = apply_overrides(*run_configs(out), overrides)
     else:
         model, train = resolve(name, args.config, overrides)
     return model, train, out

@@ -64,30 +64,63 @@ def encode_split(tokenizer: Tokenizer, split: Split, path: Path) -> dict[str, An
     return {"file": path.name, "n_tokens": n_tokens, "n_bytes": split.n_bytes, "dtype": dt.str}
 
 
+def _split_entry(data_dir: Path, split: str, entry: Any) -> tuple[Path, np.dtype, int, int]:
+    """(token file, dtype, n_tokens, n_bytes) of a meta.json split entry, validated.
+
+    meta.json is not trusted: the dtype must be an integer type (a memmap of Python objects would
+    read raw bytes as pointers), and the file must be a plain name inside `data_dir`.
+    """
+    where = f"{data_dir / 'meta.json'}: split {split!r}"
+    if not isinstance(entry, dict):
+        raise DSLMError(f"{where} must be an object, got {type(entry).__name__}")
+    name = entry.get("file")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise DSLMError(f"{where}: 'file' must be a file name inside {data_dir}, got {name!r}")
+    path = data_dir / name
+    if not path.resolve().is_relative_to(data_dir.resolve()):  # a symbolic link pointing outside
+        raise DSLMError(f"{where}: token file {path} leads outside {data_dir}")
+    try:
+        dt = np.dtype(entry.get("dtype"))
+    except (TypeError, ValueError):
+        raise DSLMError(f"{where}: 'dtype' {entry.get('dtype')!r} is not a numpy dtype") from None
+    if dt.kind not in "ui" or dt.itemsize > 8:
+        raise DSLMError(f"{where}: 'dtype' must be an integer type such as '<u2', got {entry.get('dtype')!r}")
+    counts = []
+    for key in ("n_tokens", "n_bytes"):
+        v = entry.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise DSLMError(f"{where}: {key!r} must be an integer >= 0, got {v!r}")
+        counts.append(v)
+    return path, dt, counts[0], counts[1]
+
+
 def open_stream(data_dir: Path, split: str) -> TokenStream:
-    """Open the memmap of `split` described in ``data_dir/meta.json``."""
+    """Open the memmap of `split` described in ``data_dir/meta.json`` (entries validated)."""
     meta = read_meta(data_dir)
     if split not in meta["splits"]:
         raise DSLMError(f"split {split!r} not in {data_dir} (have {sorted(meta['splits'])})")
-    entry = meta["splits"][split]
-    path = data_dir / entry["file"]
-    dt = np.dtype(entry["dtype"])
-    n = int(entry["n_tokens"])
-    if not path.exists() or path.stat().st_size != n * dt.itemsize:
+    path, dt, n, n_bytes = _split_entry(data_dir, split, meta["splits"][split])
+    if not path.is_file() or path.stat().st_size != n * dt.itemsize:
         raise DSLMError(f"token file {path} is missing or truncated (expected {n * dt.itemsize} bytes); "
                         "delete the run directory and start again")
     tokens = np.memmap(path, dtype=dt, mode="r", shape=(n,)) if n else np.zeros(0, dt)
-    return TokenStream(tokens, int(entry["n_bytes"]))
+    return TokenStream(tokens, n_bytes)
 
 
 def read_meta(data_dir: Path) -> dict[str, Any]:
+    """``data_dir/meta.json``: an object with a ``splits`` object (entries checked by `open_stream`)."""
     try:
         with open(data_dir / "meta.json", encoding="utf-8") as fh:
-            return json.load(fh)
+            meta = json.load(fh)
     except FileNotFoundError:
         raise DSLMError(f"{data_dir}/meta.json is missing: not a prepared data directory") from None
-    except json.JSONDecodeError as exc:
+    except IsADirectoryError:
+        raise DSLMError(f"{data_dir}/meta.json is a directory, not a file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DSLMError(f"{data_dir}/meta.json is corrupt ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("splits"), dict):
+        raise DSLMError(f"{data_dir}/meta.json must be an object with a 'splits' object")
+    return meta
 
 
 def unigram_repeat_prob(stream: TokenStream, vocab_size: int, chunk: int = 1 << 22) -> float:

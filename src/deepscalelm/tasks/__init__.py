@@ -112,9 +112,18 @@ def check_labels(examples: Sequence[Example], n_labels: int, kind: str, what: st
                 raise DSLMError(f"{ex.where or what}: the head scores {n_labels} options, this question has {got}")
 
 
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
+def _check_task_file(path: Path) -> None:
+    """Raise DSLMError unless `path` is an existing regular file (saying which it is not)."""
+    if not path.exists():
         raise DSLMError(f"task file {path} does not exist")
+    if path.is_dir():
+        raise DSLMError(f"task file {path} is a directory: pass the file inside it")
+    if not path.is_file():
+        raise DSLMError(f"task file {path} is not a regular file")
+
+
+def _lines(path: Path) -> list[str]:
+    _check_task_file(path)
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -171,8 +180,7 @@ def read_boolq(path: str | Path) -> list[Example]:
 # ------------------------------------------------------------------------------------- DREAM
 def _json_array_items(path: Path) -> list[tuple[int, object]]:
     """(line number, value) of every element of a top-level JSON array."""
-    if not path.is_file():
-        raise DSLMError(f"task file {path} does not exist")
+    _check_task_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

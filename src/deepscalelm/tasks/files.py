@@ -66,8 +66,11 @@ class Table:
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
+    if not path.exists():
         raise DSLMError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise DSLMError(f"data file {path} is {'a directory' if path.is_dir() else 'not a regular file'}: "
+                        "pass a JSONL, JSON or CSV/TSV file")
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -48,6 +48,8 @@ class TrainConfig(DictConfig):
     * ``tokenizer``: ``byte``, ``word`` or ``bpe`` (trained on the training split), or the path of an
       existing Hugging Face ``tokenizer.json`` (GPT-2 or Llama style), used as it is.
     * ``wandb``: also log to Weights & Biases (project ``wandb_project``; needs ``pip install wandb``).
+    * ``max_nan_skips``: with ``on_nan="skip"``, the most consecutive steps that may be skipped; one
+      more non-finite step stops the run with an error (a run whose loss stays non-finite never recovers).
     * ``threads``: torch CPU threads per process; 0 = automatic when the run is created (the cores not
       already busy by the 1-minute load average, at least 1, at most torch's default) and then stored
       with the run, so a resumed run computes with the same thread count (needed for bit-exact resume).
@@ -84,6 +86,7 @@ class TrainConfig(DictConfig):
     activation_checkpointing: bool = False
     fsdp: bool = False
     on_nan: str = "stop"
+    max_nan_skips: int = 5
     parametrization: str = "standard"
     eval_interval: int = 100
     eval_batches: int = 20
@@ -135,6 +138,7 @@ class TrainConfig(DictConfig):
         pos_int("sample_tokens", 0)
         pos_int("seed", 0)
         pos_int("threads", 0)
+        pos_int("max_nan_skips", 0)
         if self.micro_batch_size is not None:
             pos_int("micro_batch_size")
         if self.top_k is not None:
@@ -157,8 +161,8 @@ class TrainConfig(DictConfig):
 #: fields that may differ when a run is resumed (they do not change the computation of a step)
 RESUMABLE_CHANGES = frozenset({"max_steps", "eval_interval", "eval_batches", "ckpt_interval",
                                "keep_checkpoints", "log_interval", "sample_tokens", "sample_prompt",
-                               "temperature", "top_k", "on_nan", "compile", "device", "data", "threads",
-                               "wandb", "wandb_project"})
+                               "temperature", "top_k", "on_nan", "max_nan_skips", "compile", "device", "data",
+                               "threads", "wandb", "wandb_project"})
 
 # --------------------------------------------------------------------------------------- presets
 _DEEP = dict(arch="decoder", norm="pre", dropout=0.1, attn_dropout=0.1, scheme="dslm", vocab_size=256)
@@ -295,7 +299,10 @@ def resolve(preset_name: str | None = None, config_file: str | None = None,
         data = read_config_file(config_file)
         flat: dict[str, Any] = {}
         for key, value in data.items():
-            if key in ("model", "train") and isinstance(value, dict):
+            if key in ("model", "train"):
+                if not isinstance(value, dict):
+                    raise DSLMError(f"config file {config_file}: {key!r} must be a mapping of "
+                                    f"{'Model' if key == 'model' else 'Train'}Config fields, got {value!r}"[:300])
                 flat.update({f"{key}.{k}": v for k, v in value.items()})
             else:
                 flat[key] = value

@@ -4,11 +4,15 @@ When a step produces a NaN/Inf loss or gradient, the batch is run again (no grad
 saved and restored) with forward hooks on every residual layer (``model.layers``, or
 ``model.encoder.layers`` / ``model.decoder.layers``); the report names the first layer, in execution
 order, whose output holds a non-finite value, and the first non-finite parameter or gradient.
+
+Every checkpoint also gets a divergence check (`divergence_check`), recorded in its ``state.json``;
+the newest checkpoint that passed is never pruned and is the one a stopped run points to.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -74,4 +78,41 @@ def locate_nonfinite(model: nn.Module, forward: Callable[[], object]) -> str:
     return "forward pass finite on re-run (the non-finite value came from the loss or backward pass)"
 
 
-__all__ = ["NonFiniteError", "locate_nonfinite", "residual_layers"]
+#: a checkpoint fails the divergence check when its loss exceeds this multiple of the reference loss
+DIVERGENCE_FACTOR = 2.0
+
+
+def reference_loss(first_loss: float | None, n_outputs: int) -> float:
+    """The loss of an untrained model: max(loss of the run's first step, ln(n_outputs)) in nats."""
+    base = math.log(n_outputs)
+    return max(base, first_loss) if first_loss is not None and math.isfinite(first_loss) else base
+
+
+def divergence_check(train_losses: Sequence[float], reference: float, *, val_loss: float | None = None,
+                     weights_finite: bool = True, factor: float = DIVERGENCE_FACTOR) -> dict[str, object]:
+    """Whether a checkpoint looks healthy: ``{"ok", "reason", "reference", "train_loss", "val_loss"}``.
+
+    It passes when the weights are finite, at least one training loss (nats per token) was finite
+    since the previous checkpoint, their mean is at most ``factor * reference`` and so is
+    `val_loss` when an evaluation ran at the same step. `reference` is the loss of an untrained
+    model (`reference_loss`): a model that predicts worse than twice that has diverged.
+    """
+    finite = [x for x in train_losses if math.isfinite(x)]
+    mean = sum(finite) / len(finite) if finite else None
+    limit = factor * reference
+    if not weights_finite:
+        ok, reason = False, "the weights hold non-finite values"
+    elif mean is None:
+        ok, reason = False, "no finite training loss since the previous checkpoint"
+    elif mean > limit:
+        ok, reason = False, f"train loss {mean:.4g} > {factor:g} x reference {reference:.4g}"
+    elif val_loss is not None and not (val_loss <= limit):
+        ok, reason = False, f"val_loss {val_loss:.4g} > {factor:g} x reference {reference:.4g}"
+    else:
+        ok, reason = True, f"train loss {mean:.4g} <= {factor:g} x reference {reference:.4g}"
+    val = val_loss if val_loss is not None and math.isfinite(val_loss) else None  # state.json stays strict JSON
+    return {"ok": ok, "reason": reason, "reference": reference, "train_loss": mean, "val_loss": val}
+
+
+__all__ = ["NonFiniteError", "locate_nonfinite", "residual_layers", "divergence_check", "reference_loss",
+           "DIVERGENCE_FACTOR"]

@@ -35,10 +35,11 @@ from ..errors import DSLMError
 from ..optim import param_groups as depth_param_groups
 from . import checkpoint as ck
 from .config import RESUMABLE_CHANGES, TrainConfig, config_diff
-from .guard import NonFiniteError, locate_nonfinite
+from .guard import NonFiniteError, divergence_check, locate_nonfinite, reference_loss
+from .memory import check_memory
 from .metrics import Metrics
 from .optim import lr_at
-from .run import RunData, check_out_dir, open_run, prepare_run, read_run
+from .run import RunData, check_out_dir, open_run, prepare_run, read_run, run_configs
 
 ModelFactory = Callable[[ModelConfig], nn.Module]
 logger = logging.getLogger(__name__)
@@ -358,8 +359,7 @@ class TrainResult:
 
 def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, explicit: bool) -> tuple[ModelConfig, TrainConfig]:
     """Configs for a resumed run: the stored ones, with only resumable changes allowed."""
-    info = read_run(out)
-    stored_m, stored_t = ModelConfig.from_dict(info["model"]), TrainConfig.from_dict(info["train"])
+    stored_m, stored_t = run_configs(out)
     if not explicit:
         return stored_m, stored_t
     if model is not None:
@@ -378,6 +378,27 @@ def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, ex
     return stored_m, stored_t.replace(**allowed)
 
 
+@dataclass
+class _Setup:
+    """How far `_train` got: a new run directory is removed when setup fails after it was prepared."""
+
+    prepared: bool = False
+    started: bool = False
+
+
+def _discard_new_run(out: Path, was_empty_dir: bool) -> None:
+    """Remove a run directory prepared by a call whose setup then failed (so a retry is not blocked)."""
+    import shutil
+
+    trash = out.with_name(f".{out.name}.discard-{os.getpid()}")
+    try:
+        out.rename(trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+    if was_empty_dir:
+        out.mkdir(exist_ok=True)
+
 
 def _block_summary(mcfg: ModelConfig) -> str:
     """``"pre-LN"`` / ``"post-LN"`` for the paper's blocks, plus the non-default block options
@@ -393,6 +414,7 @@ def _block_summary(mcfg: ModelConfig) -> str:
         parts.append(f"qk-{mcfg.qk_norm}")
     return ", ".join(parts)
 
+
 def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig, *, resume: bool = False,
           explicit_config: bool = True, factory: ModelFactory | None = None, progress: bool = True,
           log: Callable[[str], None] | None = None,
@@ -403,9 +425,32 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     the process mid-run). `explicit_config` says whether the caller chose the configs (then they must
     match a resumed run) or just wants the stored ones. Progress messages go to `log` (default: the
     ``deepscalelm.train.loop`` logger at INFO level), on rank 0 only.
+
+    Before anything is written, the memory the run needs is estimated (`memory.check_memory`) and
+    the output directory is checked for writability. A new run directory whose setup fails after it
+    was prepared (the model does not build, out of memory, ...) is removed again; running out of
+    memory during setup raises DSLMError.
     """
     user_log, log = log, log or logger.info
     out = Path(out)
+    setup = _Setup()
+    was_empty_dir = not resume and out.is_dir() and not any(out.iterdir())
+    try:
+        return _train(out, model_config, train_config, setup, resume=resume, explicit_config=explicit_config,
+                      factory=factory, progress=progress, log=log, user_log=user_log, callbacks=callbacks)
+    except BaseException as exc:
+        if setup.prepared and not setup.started and int(os.environ.get("RANK", "0")) == 0:
+            _discard_new_run(out, was_empty_dir)
+        if not setup.started and isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+            raise DSLMError(f"out of memory while setting up the model ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}): reduce n_layers, d_model or the batch size"
+                            ) from None
+        raise
+
+
+def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setup: _Setup, *, resume: bool,
+           explicit_config: bool, factory: ModelFactory | None, progress: bool, log: Callable[[str], None],
+           user_log: Callable[[str], None] | None, callbacks: Iterable[Callable[[int, dict[str, Any]], None]]) -> TrainResult:
     factory = factory or default_factory
     d = setup_dist(train_config.device)
     quiet = (lambda *_a, **_k: None)
@@ -426,6 +471,10 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     if per_rank % micro:
         raise DSLMError(f"per-process batch {per_rank} is not divisible by micro_batch_size {micro}")
     accum = per_rank // micro
+    check_memory(model_config, micro, device_type=d.device.type, device_index=d.device.index,
+                 checkpointing=train_config.activation_checkpointing,
+                 shards=d.world if train_config.fsdp else 1,
+                 processes_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if train_config.wandb and d.main:
         from .metrics import require_wandb
 
@@ -433,6 +482,7 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     if not resume and d.main:
         check_out_dir(out, resume=False)
         prepare_run(out, model_config, train_config, log=user_log)  # None: run.py's own logger
+        setup.prepared = True
     _barrier(d)
     rd: RunData = open_run(out, train_config)
     mcfg, tcfg, objective = rd.model_config, rd.train_config, rd.objective
@@ -481,11 +531,13 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
             from .sharded import check_resumable, is_sharded, load_sharded
 
             check_resumable(ckpt, state, d.world, sharded)
+            ck.verify_data_meta(ckpt, state, out / "data")
             if is_sharded(state):
                 rng = load_sharded(ckpt, model, optimizer)
             else:
-                msd = ck.load_model_state(ckpt, raw.state_dict())
-                osd, rng = ck.load_train_state(ckpt, state)
+                expected = raw.state_dict()
+                msd = ck.load_model_state(ckpt, expected)
+                osd, rng = ck.load_train_state(ckpt, state, {n: tuple(v.shape) for n, v in expected.items()})
                 restore_state(model, raw, optimizer, msd, osd, sharded)
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -515,13 +567,19 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
         f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, {d.world} process(es), "
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
 
-    def save(at: int) -> Path | None:
+    def save(at: int, health_args: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
         rng_t = _rng_tensors(d)
         path = None
+        local = all(bool(torch.isfinite(q.to_local() if hasattr(q, "to_local") else q).all())
+                    for q in raw.parameters() if q.is_floating_point())
+        finite = local if not d.enabled else float(_all_reduce_mean(
+            torch.tensor(1.0 if local else 0.0, device=device), d)) == 1.0
+        health = divergence_check(**health_args, weights_finite=finite)
         meta = {"model_config": mcfg.to_dict(), "train_config": tcfg.to_dict(), "objective": objective,
                 "world_size": d.world, "data_position": {"next_step": at + 1, "seed": tcfg.seed},
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None, "health": health}
         extra = [out / "run.json"] + ([out / "tokenizer.json"] if rd.tokenizer is not None else [])
+        extra += [out / "data" / "meta.json"] if (out / "data" / "meta.json").is_file() else []
         if sharded:
             from .sharded import save_sharded
 
@@ -532,7 +590,7 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
             path = ck.save_checkpoint(out, at, model_state=msd, optim_state=osd, rng_states=rng_t, meta=meta,
                                       keep=tcfg.keep_checkpoints, extra_files=extra)
         _barrier(d)
-        return path
+        return path, health
 
     def run_eval(max_batches: int | None) -> dict[str, float]:
         return evaluate(model, rd.val, objective, tcfg.batch_size, device, precision, max_batches,
@@ -549,7 +607,23 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
     t0 = time.perf_counter()
     start_step = step
     last_ckpt = ck.latest_checkpoint(out)
+    last_good = ck.latest_healthy(out)  # newest checkpoint that passed the divergence check
+    n_out = mcfg.n_classes if objective == "image" else mcfg.vocab_size
+    ref = (ck.health_of(last_ckpt) or {}).get("reference") if last_ckpt else None
+    ref = ref if isinstance(ref, (int, float)) else None
+    window: list[float] = []  # training losses since the previous checkpoint
+    skips = 0  # consecutive skipped steps
     last_eval: dict[str, float] = {}
+    eval_step = -1
+
+    def kept() -> str:
+        if last_good:
+            return f"last good checkpoint (passed the divergence check): {last_good}"
+        if last_ckpt:
+            return f"no checkpoint passed the divergence check (newest: {last_ckpt})"
+        return "no checkpoint was written yet"
+
+    setup.started = True
     try:
         while step < tcfg.max_steps:
             s = step + 1
@@ -579,6 +653,11 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
             bad = not math.isfinite(loss_f) or (not scaler.is_enabled() and not math.isfinite(gnorm))
             if bad:
                 what = "loss" if not math.isfinite(loss_f) else "gradient norm"
+                skips += 1
+                if tcfg.on_nan == "skip" and skips > tcfg.max_nan_skips:
+                    raise NonFiniteError(f"non-finite {what} at step {s} after {skips - 1} consecutive skipped "
+                                         f"steps (max_nan_skips={tcfg.max_nan_skips}): the run does not recover; "
+                                         f"{kept()}. Lower the learning rate or change the scheme")
                 if tcfg.on_nan == "skip":
                     optimizer.zero_grad(set_to_none=True)
                     step = s
@@ -594,13 +673,15 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
                 # the re-run would need every rank in lockstep: FSDP runs skip the layer search
                 where = "layer not located under FSDP" if sharded else \
                     locate_nonfinite(raw, lambda: forward(raw, objective, b0))
-                kept = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                 raise NonFiniteError(f"non-finite {what} at step {s} (loss {loss_f}, grad norm {gnorm}); {where}; "
-                                     f"{kept}. Lower the learning rate, use --on-nan skip, or change the scheme")
+                                     f"{kept()}. Lower the learning rate, use --on-nan skip, or change the scheme")
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step = s
+            skips = 0
+            ref = reference_loss(loss_f, n_out) if ref is None else ref
+            window = window[-99:] + [loss_f]
             elapsed = time.perf_counter() - t0
             tps = (step - start_step) * tokens_per_step / max(elapsed, 1e-9)
             rec = {"step": step, "loss": loss_f, "lr": lr, "grad_norm": gnorm, unit: step * tokens_per_step,
@@ -617,12 +698,24 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
                 say(f"step {step}/{tcfg.max_steps}: loss {loss_f:.4f}, {tps:,.0f} {unit}/s, lr {lr:.2e}, "
                     f"ETA {_duration(eta)}")
             if step % tcfg.eval_interval == 0 or step == tcfg.max_steps:
-                last_eval = run_eval(tcfg.eval_batches)
+                last_eval, eval_step = run_eval(tcfg.eval_batches), step
                 metrics.log({"step": step, **last_eval})
                 msg = " ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
                 (bar.write if bar is not None else say)(f"step {step}: {msg}")
             if step % tcfg.ckpt_interval == 0 or step == tcfg.max_steps:
-                last_ckpt = save(step) or last_ckpt
+                val = last_eval.get("val_loss") if eval_step == step else None
+                path, health = save(step, {"train_losses": window, "val_loss": val,
+                                           "reference": ref if ref is not None else reference_loss(None, n_out)})
+                window = []
+                last_ckpt = path or last_ckpt
+                if path is not None and health is not None:
+                    if health["ok"]:
+                        last_good = path
+                    else:
+                        (bar.write if bar is not None else say)(
+                            f"checkpoint {path.name} failed the divergence check ({health['reason']}); "
+                            + (f"{last_good.name} is kept as the last good one" if last_good else
+                               "no earlier checkpoint passed it"))
             for cb in callbacks:
                 cb(step, rec)
     finally:

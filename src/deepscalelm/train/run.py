@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -53,11 +54,35 @@ class RunData:
     val_tokens_per_byte: float | None
 
 
+def _probe_writable(directory: Path, what: str) -> None:
+    """Raise DSLMError unless a file can be created in `directory` (tried, so it holds for root and
+    read-only file systems alike)."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+    except OSError as exc:
+        raise DSLMError(f"{what} {directory} is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse to start a new run in a directory that holds something (another run or other files)."""
+    """Refuse to start a new run in a directory that holds something (another run or other files),
+    and check up front that the run directory (and, on resume, ``checkpoints/``) can be written."""
     if resume:
         if not (out / RUN_FILE).is_file():
             raise DSLMError(f"--resume: {out} holds no run ({RUN_FILE} missing)")
+        _probe_writable(out, "run directory")
+        if (out / "checkpoints").is_dir():
+            _probe_writable(out / "checkpoints", "checkpoint directory")
         return
     if out.exists():
         if not out.is_dir():
@@ -66,6 +91,41 @@ def check_out_dir(out: Path, resume: bool) -> None:
             raise DSLMError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
         if any(out.iterdir()):
             raise DSLMError(f"output directory {out} is not empty: choose another --out")
+        _probe_writable(out, "output directory")
+    base = _existing_ancestor(out.parent)
+    if not base.is_dir():
+        raise DSLMError(f"cannot create {out}: {base} is not a directory")
+    _probe_writable(base, "parent directory")
+
+
+_STAGING = re.compile(r"^\..+\.staging-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_orphaned_staging(parent: Path) -> list[Path]:
+    """Delete ``.<run>.staging-<pid>/`` folders in `parent` whose process no longer exists (left by a
+    preparation that was killed); returns what was removed. Assumes `parent` is not shared with
+    preparations running on another machine."""
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = _STAGING.match(p.name)
+        if m and p.is_dir() and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 #: the sample prompt on the built-in corpus (a speaker's name, as its lines begin)
@@ -97,6 +157,8 @@ def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = No
     check_out_dir(out, resume=False)
     objective = objective_of(model, train)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in remove_orphaned_staging(out.parent):
+        log(f"removed {orphan} (left by a killed run preparation)")
     stage = out.parent / f".{out.name}.staging-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -151,21 +213,42 @@ def prepare_run(out: Path, model: ModelConfig, train: TrainConfig, log: Any = No
 
 
 def read_run(out: Path) -> dict[str, Any]:
+    """``run.json`` of a run: an object with ``model`` and ``train`` objects and an ``objective``."""
+    path = out / RUN_FILE
     try:
-        with open(out / RUN_FILE, encoding="utf-8") as fh:
-            return json.load(fh)
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
     except FileNotFoundError:
         raise DSLMError(f"{out} holds no run ({RUN_FILE} missing)") from None
-    except json.JSONDecodeError as exc:
-        raise DSLMError(f"{out / RUN_FILE} is corrupt ({exc})") from None
+    except IsADirectoryError:
+        raise DSLMError(f"{path} is a directory, not a file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DSLMError(f"{path} is corrupt ({exc})") from None
+    if not isinstance(info, dict):
+        raise DSLMError(f"{path} must hold a JSON object, got {type(info).__name__}")
+    for key in ("model", "train"):
+        if not isinstance(info.get(key), dict):
+            raise DSLMError(f"{path}: {key!r} must be an object of {'Model' if key == 'model' else 'Train'}Config "
+                            f"fields, got {info.get(key)!r}"[:300])
+    if not isinstance(info.get("objective"), str):
+        raise DSLMError(f"{path}: 'objective' must be a string, got {info.get('objective')!r}")
+    return info
+
+
+def run_configs(out: Path, info: dict[str, Any] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """(ModelConfig, TrainConfig) stored in ``run.json``; bad fields raise DSLMError naming the file."""
+    info = info or read_run(out)
+    try:
+        return ModelConfig.from_dict(info["model"]), TrainConfig.from_dict(info["train"])
+    except (TypeError, ValueError) as exc:
+        raise DSLMError(f"{out / RUN_FILE}: {exc}") from None
 
 
 def open_run(out: Path, train_override: TrainConfig | None = None) -> RunData:
     """Reopen a prepared run (configs from run.json, or `train_override` for resumable changes)."""
     info = read_run(out)
-    model = ModelConfig.from_dict(info["model"])
-    train = train_override or TrainConfig.from_dict(info["train"])
-    return open_data(out, model, train, info["objective"])
+    model, stored = run_configs(out, info)
+    return open_data(out, model, train_override or stored, info["objective"])
 
 
 def open_data(out: Path, model: ModelConfig, train: TrainConfig, objective: str) -> RunData:
@@ -202,5 +285,5 @@ def make_objective(objective: str, stream: TokenStream, model: ModelConfig, trai
     raise ValueError(f"objective {objective!r} has no token stream")
 
 
-__all__ = ["RunData", "prepare_run", "open_run", "open_data", "read_run", "check_out_dir", "objective_of",
-           "RUN_FILE"]
+__all__ = ["RunData", "prepare_run", "open_run", "open_data", "read_run", "run_configs", "check_out_dir",
+           "objective_of", "remove_orphaned_staging", "RUN_FILE"]
