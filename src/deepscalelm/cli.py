@@ -16,7 +16,7 @@ from typing import Sequence
 from .errors import DSLMError
 
 # subcommand modules in the order `dslm --help` lists them; a module missing here is skipped
-COMMANDS = ("predict", "validate", "check", "train", "sample", "eval", "finetune")
+COMMANDS = ("predict", "validate", "check", "apply", "train", "sample", "eval", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:
