@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from ..config import ModelConfig
-
 from ._config_args import add_config_arguments, config_from_args
 from ._output import write_tables
 
