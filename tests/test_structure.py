@@ -54,5 +54,6 @@ def test_structure_and_register_validate_their_fields():
 
 def test_resolve_reports_a_wrong_block_path():
     s = Structure(family="mine", blocks="blocks", qkv="attn", attn_out="o", mlp_in="a", mlp_out="b")
-    with pytest.raises(deepscalelm.DSLMError, match="has no block list 'blocks'; top-level modules: tok_emb, pos_emb, drop_emb, layers"):
+    want = "has no block list 'blocks'; top-level modules: tok_emb, pos_emb, drop_emb, layers"
+    with pytest.raises(deepscalelm.DSLMError, match=want):
         resolve(deepscalelm.build_model(CFG), s)
