@@ -409,3 +409,26 @@ def test_applied_gpt2_computes_deepscalelms_own_model():
     own = _own_gpt_from(hf, cfg)
     x = ids()
     assert rel(hf(x).logits, own(x)) < 1e-5
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: ~5-15 s
+def test_checkpoint_reloads_without_deepscalelm(tmp_path):
+    """A fresh interpreter that cannot import deepscalelm reloads the checkpoint to the same logits."""
+    import subprocess
+    import sys
+
+    model = deepscalelm.apply(gpt2(), "dslm", seed=0)
+    model.save_pretrained(tmp_path / "ckpt")
+    x = ids()
+    torch.save({"ids": x, "logits": model(x).logits.detach()}, tmp_path / "want.pt")
+    script = (
+        "import sys; sys.modules['deepscalelm'] = None\n"
+        "import torch, transformers\n"
+        f"want = torch.load({str(tmp_path / 'want.pt')!r})\n"
+        f"m = transformers.GPT2LMHeadModel.from_pretrained({str(tmp_path / 'ckpt')!r}).eval()\n"
+        "got = m(want['ids']).logits.detach()\n"
+        "print(float((got - want['logits']).norm() / want['logits'].norm()))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={"PATH": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
