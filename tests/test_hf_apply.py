@@ -151,6 +151,16 @@ def test_save_pretrained_round_trip(make, tmp_path):
     assert again.config.deepscalelm_scheme["scheme"] == "dslm"
 
 
+def test_untied_head_gets_its_own_variance(tmp_path):
+    model = deepscalelm.apply(gpt2(tie_word_embeddings=False), seed=0)
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    assert model.lm_head.weight.var().item() == pytest.approx(1 / 32, rel=0.1)
+    assert model.transformer.ln_f.weight[0].item() == 1.0  # no head scale to carry
+    model.save_pretrained(tmp_path)
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert rel(again(ids()).logits, model(ids()).logits) <= 1e-5
+
+
 def test_apply_twice_equals_once_and_forgets_the_old_weights():
     a = deepscalelm.apply(gpt2(), seed=5)
     b = gpt2()

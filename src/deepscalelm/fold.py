@@ -301,6 +301,8 @@ def apply(model: nn.Module, scheme: str = "dslm", *, seed: int = 0, config: Mode
     model = _materialise(model, device)
     res = resolve(model, structure)
     _check_sizes(model, res, cfg)
+    if "head" in res.parts and cfg.tie_embeddings != _tied(model, res):
+        cfg = cfg.replace(tie_embeddings=_tied(model, res))  # the module's tying wins over its config
     sch = get_scheme(cfg)
     _initialise(model, res, cfg, sch, seed)
     _fold(model, res, cfg, sch)
