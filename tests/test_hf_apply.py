@@ -92,7 +92,7 @@ def _unfolded(model: nn.Module, scheme: str = "dslm", seed: int = 0) -> nn.Modul
     cfg = ModelConfig.from_hf(model.config, scheme=scheme)
     res = resolve(model)
     sch = get_scheme(cfg)
-    _initialise(model, res, cfg, sch, seed)
+    _initialise(model, res, sch, seed)
     mods = dict(model.named_modules())
     with torch.no_grad():
         mods[res.parts.get("head_norm") or res.parts["final_norm"]].weight.fill_(sch.scales["head_scale"])
@@ -321,7 +321,7 @@ def test_registered_nanogpt_folds_like_explicit_merges(registered_nanogpt):
     folded = deepscalelm.apply(NanoGPT(), "dslm", seed=4, config=NANO)
     reference = NanoGPT()
     sch = get_scheme(NANO)
-    _initialise(reference, resolve(reference), NANO, sch, 4)
+    _initialise(reference, resolve(reference), sch, 4)
     with torch.no_grad():
         reference.transformer.ln_f.weight.fill_(sch.scales["head_scale"])
     for i, block in enumerate(reference.transformer.h):

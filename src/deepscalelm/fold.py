@@ -101,7 +101,7 @@ _SCHEME_WEIGHT = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "attn_out": "attn
                   "mlp_out": "ffn.fc2"}
 
 
-def _plan(model: nn.Module, res: Resolved, config: ModelConfig, scheme: Scheme) -> dict[str, tuple]:
+def _plan(model: nn.Module, res: Resolved, scheme: Scheme) -> dict[str, tuple]:
     plan = _default_plan(model)
     for layer in res.layers:
         for role, full in layer.parts.items():
@@ -140,9 +140,9 @@ def _draw(p: torch.Tensor, var: float, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _initialise(model: nn.Module, res: Resolved, config: ModelConfig, scheme: Scheme, seed: int) -> None:
+def _initialise(model: nn.Module, res: Resolved, scheme: Scheme, seed: int) -> None:
     """Every parameter from ``scheme`` (no residual folding), drawn in named_parameters() order."""
-    plan = _plan(model, res, config, scheme)
+    plan = _plan(model, res, scheme)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     mods = dict(model.named_modules())
     for name, p in model.named_parameters():
@@ -197,7 +197,7 @@ def stream_scales(res: Resolved, scheme: Scheme) -> list[float]:
 
 
 @torch.no_grad()
-def _fold(model: nn.Module, res: Resolved, config: ModelConfig, scheme: Scheme) -> None:
+def _fold(model: nn.Module, res: Resolved, scheme: Scheme) -> None:
     mods = dict(model.named_modules())
     for (_merge, module), f in zip(_blocks(res), fold_factors(res, scheme), strict=True):
         m = mods[module]
@@ -304,8 +304,8 @@ def apply(model: nn.Module, scheme: str = "dslm", *, seed: int = 0, config: Mode
     if "head" in res.parts and cfg.tie_embeddings != _tied(model, res):
         cfg = cfg.replace(tie_embeddings=_tied(model, res))  # the module's tying wins over its config
     sch = get_scheme(cfg)
-    _initialise(model, res, cfg, sch, seed)
-    _fold(model, res, cfg, sch)
+    _initialise(model, res, sch, seed)
+    _fold(model, res, sch)
     hf = getattr(model, "config", None)
     if hf is not None and not isinstance(hf, ModelConfig):
         with contextlib.suppress(AttributeError, TypeError):
