@@ -442,3 +442,13 @@ def test_checkpoint_reloads_without_deepscalelm(tmp_path):
                          env={"PATH": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+def test_scheme_gpt2_reproduces_the_hf_default_init():
+    """from_hf's GPT-2 scheme is Hugging Face's own init: N(0, 0.02^2), c_proj / sqrt(2 n_layer)."""
+    hf = gpt2(n_layer=8, d=64)
+    ours = deepscalelm.apply(gpt2(n_layer=8, d=64), "gpt2", seed=0)
+    for name in ("transformer.h.3.attn.c_proj.weight", "transformer.h.3.mlp.c_fc.weight", "transformer.wte.weight"):
+        want, got = hf.get_parameter(name).std().item(), ours.get_parameter(name).std().item()
+        assert got == pytest.approx(want, rel=0.05), name
+    assert ours.get_parameter("transformer.h.3.attn.c_proj.weight").std().item() == pytest.approx(0.02 / 4, rel=0.05)

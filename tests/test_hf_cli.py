@@ -82,3 +82,16 @@ def test_predict_hf_before_and_after_apply(gpt2_dir, tmp_path, capsys):
     assert "scheme=dslm, 4 layers, d_model=32, heads=4, d_ff=128, L=32" in capsys.readouterr().out
     assert main(["predict", "--hf", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_apply_and_predict_a_bert_folder(tmp_path, capsys):
+    cfg = transformers.BertConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                  vocab_size=256, max_position_embeddings=64)
+    src, out = tmp_path / "bert", tmp_path / "bert-dslm"
+    transformers.BertForMaskedLM(cfg).save_pretrained(src)
+    assert main(["apply", "--hf", str(src), "--out", str(out), "--k", "1"]) == 0
+    assert "BertForMaskedLM, scheme=dslm, seed=0, options {'k': 1.0}" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["deepscalelm_scheme"]["options"] == {"k": 1.0}
+    assert main(["predict", "--hf", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "encoder, post-LN, scheme=dslm, 3 layers, d_model=32" in text and "divided by lam" not in text
