@@ -343,19 +343,26 @@ def test_registered_module_needs_a_config_and_right_paths(registered_nanogpt):
 
 
 # -------------------------------------------------------------------- predicted vs measured
-def _stream_moments(model: nn.Module, x: torch.Tensor) -> list[tuple[float, float]]:
-    """(var, corr) of each layer's output (after its last merge), from forward hooks on the blocks."""
+def _stream_moments(model: nn.Module, x: torch.Tensor, seed_scale: float = 1.0) -> list[tuple[float, float, float]]:
+    """(var, corr, grad_var) of each layer's output (after its last merge), the paper's protocol.
+
+    The gradient is seeded as loss = sum(h * G) / seed_scale, G iid N(0, 1), h the base model's final
+    hidden state (GPT-2: after ln_f, whose gain carries the tied head's scale: pass it as seed_scale).
+    """
     from deepscalelm.measure.stats import moments
 
-    out: list[tuple[float, float]] = []
-    hooks = [dict(model.named_modules())[n].register_forward_hook(
-        lambda _m, _i, o: out.append(moments(o[0] if isinstance(o, tuple) else o)[1:]))
-        for n in resolve(model).stream_points]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return out
+    outs: list[torch.Tensor] = []
+    mods = dict(model.named_modules())
+    layer_names = [layer.name for layer in resolve(model).layers]
+    hooks = [mods[n].register_forward_hook(lambda _m, _i, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for n in layer_names]
+    base = getattr(model, model.base_model_prefix)
+    h = base(x).last_hidden_state
+    for hk in hooks:
+        hk.remove()
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((h * g).sum() / seed_scale, outs)
+    return [(*moments(o)[1:], moments(gr)[1]) for o, gr in zip(outs, grads, strict=True)]
 
 
 # width: BERT's shared token-type row makes a third of the embedding correlation one row's draw, which
@@ -366,7 +373,8 @@ def test_prediction_matches_measurement(family, scheme, d):
     """After apply, and for GPT-2's own default init (scheme None: predicted as our "gpt2" scheme).
 
     Train mode (dropout 0.1), 8 layers, the paper's bars: median forward-variance error <= 10% (in
-    the scheme's units: the folded stream times c_j), median correlation error <= 0.05.
+    the scheme's units: the folded stream times c_j), median correlation error <= 0.05, median
+    gradient-variance error <= 20% (the paper's unit Gaussian gradient at the final hidden state).
     """
     torch.manual_seed(0)
     B, L, n = 16, 64, 8
@@ -383,14 +391,18 @@ def test_prediction_matches_measurement(family, scheme, d):
     sch = get_scheme(cfg)
     pred = {r.key: r for r in deepscalelm.predict(cfg, sch)}
     scales = stream_scales(resolve(model), sch)
-    measured = _stream_moments(model, x)
-    var_err, corr_err = [], []
+    seed_scale = sch.scales["head_scale"] if family == "gpt2" else 1.0  # GPT-2's ln_f gain
+    measured = _stream_moments(model, x, seed_scale)
+    var_err, corr_err, gvar_err = [], [], []
     for i in range(n):
-        var, corr = measured[i]
+        var, corr, gvar = measured[i]
         p = pred[("", i + 1, "ffn")]
-        var_err.append(abs(var * scales[2 * i + 1] ** 2 / p.var - 1))  # back in the scheme's units
+        c = scales[2 * i + 1]  # the folded stream is x / c, its gradient c * dL/dx
+        var_err.append(abs(var * c ** 2 / p.var - 1))
         corr_err.append(abs(corr - p.corr))
+        gvar_err.append(abs(gvar / c ** 2 / p.grad_var - 1))
     assert statistics.median(var_err) <= 0.10, var_err
+    assert statistics.median(gvar_err) <= 0.20, gvar_err
     assert statistics.median(corr_err) <= 0.05, corr_err
 
 
