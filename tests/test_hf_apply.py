@@ -464,3 +464,30 @@ def test_scheme_gpt2_reproduces_the_hf_default_init():
         want, got = hf.get_parameter(name).std().item(), ours.get_parameter(name).std().item()
         assert got == pytest.approx(want, rel=0.05), name
     assert ours.get_parameter("transformer.h.3.attn.c_proj.weight").std().item() == pytest.approx(0.02 / 4, rel=0.05)
+
+
+def test_applied_bert_matches_deepscalelms_own_encoder():
+    """BERT after apply is deepscalelm's Post-LN encoder with the same weights, but for the embedding
+    LayerNorm (per-token normalisation of the summed embedding): per-layer moments agree closely."""
+
+    hf = deepscalelm.apply(bert(n_layer=4, d=64), "dslm", seed=0)
+    cfg_hf = ModelConfig.from_hf(hf.config, scheme="dslm")
+    own = deepscalelm.build_model(cfg_hf).eval()
+    factors = iter(deepscalelm.fold.fold_factors(resolve(hf), get_scheme(cfg_hf)))
+    e = hf.bert.embeddings
+    with torch.no_grad():
+        own.tok_emb.weight.copy_(e.word_embeddings.weight)
+        own.pos_emb.weight.copy_(e.position_embeddings.weight)
+        own.type_emb.weight.copy_(e.token_type_embeddings.weight)
+        for layer, blk in zip(own.layers, hf.bert.encoder.layer, strict=True):
+            s = blk.attention.self
+            for w, lin in zip("qkv", (s.query, s.key, s.value), strict=True):
+                getattr(layer.attn, w).weight.copy_(lin.weight)
+            layer.attn.o.weight.copy_(blk.attention.output.dense.weight / next(factors))
+            layer.ffn.fc1.weight.copy_(blk.intermediate.dense.weight)
+            layer.ffn.fc2.weight.copy_(blk.output.dense.weight / next(factors))
+    x = ids(16, 64, seed=2)  # eval mode: no dropout on either side
+    theirs = [m[:2] for m in _stream_moments(hf.eval(), x)]
+    ours = [(r.var, r.corr) for r in deepscalelm.measure(own, x) if r.block == "ffn"]
+    for (v1, c1), (v2, c2) in zip(theirs, ours, strict=True):
+        assert abs(v1 - v2) < 0.02 and abs(c1 - c2) < 0.01, (theirs, ours)
