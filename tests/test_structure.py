@@ -57,3 +57,26 @@ def test_resolve_reports_a_wrong_block_path():
     want = "has no block list 'blocks'; top-level modules: tok_emb, pos_emb, drop_emb, layers"
     with pytest.raises(deepscalelm.DSLMError, match=want):
         resolve(deepscalelm.build_model(CFG), s)
+
+
+def test_register_by_model_type_is_found_through_the_config():
+    from types import SimpleNamespace
+
+    from deepscalelm import structure
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = SimpleNamespace(model_type="tiny-test")
+            block = torch.nn.Module()
+            block.qkv, block.o = torch.nn.Linear(8, 24), torch.nn.Linear(8, 8)
+            block.up, block.down = torch.nn.Linear(8, 32), torch.nn.Linear(32, 8)
+            self.blocks = torch.nn.ModuleList([block])
+
+    deepscalelm.register("model_type:tiny-test", family="tiny", blocks="blocks", qkv="qkv", attn_out="o",
+                         mlp_in="up", mlp_out="down")
+    try:
+        res = resolve(Tiny())
+        assert res.structure.family == "tiny" and res.layers[0].parts["mlp_out"] == "blocks.0.down"
+    finally:
+        structure._BY_TYPE.pop("tiny-test")
