@@ -66,6 +66,10 @@ def load_hf(folder: Path):
     transformers.logging.set_verbosity_error()
     cls = getattr(transformers, archs[0], None) if archs else None
     if cls is None:
+        import sys
+
+        print(f"dslm apply: note: config.json names no known class in 'architectures' ({archs or 'none'}): "
+              "loading the base model with AutoModel (no task head)", file=sys.stderr)
         cls = transformers.AutoModel
     try:
         return cls.from_pretrained(str(folder))
