@@ -26,6 +26,9 @@ _LAZY = {
     "measure": "deepscalelm.measure",
     "check": "deepscalelm.diagnostics",
     "Telemetry": "deepscalelm.diagnostics",
+    "apply": "deepscalelm.fold",
+    "register": "deepscalelm.structure",
+    "Structure": "deepscalelm.structure",
 }
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 from .errors import DSLMError
 
 # subcommand modules in the order `dslm --help` lists them; a module missing here is skipped
-COMMANDS = ("predict", "validate", "check", "train", "sweep", "sample", "eval", "export", "finetune")
+COMMANDS = ("predict", "validate", "check", "apply", "train", "sweep", "sample", "eval", "export", "finetune")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -248,6 +248,17 @@ class ModelConfig(DictConfig):
             return [("encoder.", self.n_layers, False), ("decoder.", self.decoder_layers, True)]
         return [("", self.n_layers, self.arch == "decoder")]
 
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides: Any) -> ModelConfig:
+        """The config of a Hugging Face GPT-2, BERT or RoBERTa (``PretrainedConfig`` or config.json dict).
+
+        The scheme is the family's Hugging Face default init; ``overrides`` replace fields (e.g.
+        ``scheme="dslm"``). Other families raise ValueError. See `deepscalelm.hf_config`.
+        """
+        from .hf_config import config_from_hf
+
+        return config_from_hf(hf_config, **overrides)
+
 def config_fields() -> list[dataclasses.Field]:
     """The dataclass fields of ModelConfig (used by the CLI to make one flag per field)."""
     return list(dataclasses.fields(ModelConfig))

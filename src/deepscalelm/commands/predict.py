@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
+from pathlib import Path
 
+from ..config import ModelConfig
 from ._config_args import add_config_arguments, config_from_args
 from ._output import write_tables
 
@@ -41,8 +45,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--every", type=int, default=0, metavar="K",
                    help="table: every K-th layer with all its sublayers, plus the embedding, layer 1 and the "
                         "last layer (default: K such that about 15 layers are shown)")
+    p.add_argument("--hf", metavar="DIR", help="predict the Hugging Face model saved in DIR (its config.json; "
+                                               "a folder written by dslm apply is predicted with its scheme); "
+                                               "config flags given explicitly override it")
     add_config_arguments(p)
-    p.set_defaults(func=run)
+    # explicit flags are told apart from defaults (needed to override an --hf config)
+    p.set_defaults(func=run, **{f"cfg_{f.name}": _UNSET for f in dataclasses.fields(ModelConfig)})
+
+
+_UNSET = object()
+
+
+def _explicit(args: argparse.Namespace) -> dict:
+    """Config fields given on the command line; the others are reset to their defaults in ``args``."""
+    given = {}
+    defaults = ModelConfig()
+    for f in dataclasses.fields(ModelConfig):
+        value = getattr(args, f"cfg_{f.name}")
+        if value is _UNSET:
+            setattr(args, f"cfg_{f.name}", getattr(defaults, f.name))
+        else:
+            given[f.name] = value
+    return given
+
+
+def config_from_hf_dir(folder: str, overrides: dict) -> ModelConfig:
+    """ModelConfig of a save_pretrained folder's config.json (with a recorded dslm apply scheme)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--hf {folder} has no config.json (expected a save_pretrained folder)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--hf {folder}: config.json is not valid JSON ({exc})") from None
+    applied = data.get("deepscalelm_scheme") or {}
+    fields = {"scheme": applied["scheme"], **applied.get("options", {})} if applied else {}
+    return ModelConfig.from_hf(data, **{**fields, **overrides})
 
 
 def fixed(v: float, digits: int = 3) -> str:
@@ -74,7 +112,8 @@ def format_table(records: list[dict], every: int = 0) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..theory.model import predict
 
-    config = config_from_args(args)
+    given = _explicit(args)
+    config = config_from_hf_dir(args.hf, given) if args.hf else config_from_args(args)
     if args.compare_scheme and not args.plot:
         raise ValueError("--compare-scheme draws further schemes into the --plot figure; give --plot FILE.png")
     positional = {"auto": None, "on": True, "off": False}[args.positional]
@@ -98,4 +137,7 @@ def run(args: argparse.Namespace) -> int:
         for kind in ("json", "csv", "plot"):
             if getattr(args, kind):
                 print(f"wrote {getattr(args, kind)}")
+        if args.hf and config.norm == "pre" and config.scheme == "dslm":
+            print("(the folded checkpoint's stream is this one divided by lam^(2i-1) after layer i's attention "
+                  "and by lam^(2i) after its FFN; see docs/hf.md)")
     return 0
