@@ -287,11 +287,13 @@ def table(cases: list[dict], rats: list[dict]) -> str:
         for model in MODELS:
             if not any(k[:2] == (shape, model) for k in get):
                 continue
+            ce = r(rat.get((shape, "compiled/eager", model)))
             lines.append(f"{shape:14s} {model:8s} | {cell(get.get((shape, model, 'eager')))} | "
-                         f"{cell(get.get((shape, model, 'compiled')))} | {r(rat.get((shape, 'compiled/eager', model))):>14s}")
+                         f"{cell(get.get((shape, model, 'compiled')))} | {ce:>14s}")
         e, c = rat.get((shape, "ours/hf", "eager")), rat.get((shape, "ours/hf", "compiled"))
         if e is not None or c is not None:
-            lines.append(f"{shape:14s} {'ours/hf':8s} | {r(e):>12s} {'':7s} {'':9s} | {r(c):>12s} {'':7s} {'':9s} | {'':>14s}")
+            blank = f"{'':7s} {'':9s}"
+            lines.append(f"{shape:14s} {'ours/hf':8s} | {r(e):>12s} {blank} | {r(c):>12s} {blank} | {'':>14s}")
     return "\n".join(lines)
 
 
@@ -308,7 +310,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default 3; --tiny 1)")
     ap.add_argument("--steps", type=int, default=None, help="most timed steps per case (default 30; --tiny 3)")
     ap.add_argument("--case-seconds", type=float, default=8.0, help="target timed seconds per case")
-    ap.add_argument("--budget-s", type=float, default=270.0, help="start no new case after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=240.0,
+                    help="start no new case after this many seconds (a case takes < ~60 s: compile + 8 s timed)")
     ap.add_argument("--peak-flops", type=float, default=None, help="peak dense bf16 FLOP/s of the device")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--debug", action="store_true", help="raise on the first failing case, with the traceback")

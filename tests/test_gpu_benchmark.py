@@ -84,3 +84,6 @@ def test_tiny_compiled_run_on_cpu(tmp_path: Path) -> None:
                                                               ("compiled/eager", "ours"), ("compiled/eager", "hf")}
     # regional compilation: one graph (plus graph-break pieces) serves all 8 layers, not one per layer
     assert all(0 < c["graphs_compiled"] < 8 for c in res["cases"] if c["mode"] == "compiled")
+    first = {(c["model"], c["mode"]): c["loss_first"] for c in res["cases"]}
+    for m in ("ours", "hf"):  # the compiled model computes the same function
+        assert first[(m, "compiled")] == pytest.approx(first[(m, "eager")], rel=1e-4)
