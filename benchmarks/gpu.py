@@ -327,6 +327,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device (torch {torch.__version__})")
     args.precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     shapes = TINY if args.tiny else SHAPES
     if args.shapes:
