@@ -19,6 +19,7 @@ import numpy as np
 
 from deepscalelm.data.text import builtin_bytes
 from deepscalelm.datasets import data_root
+from deepscalelm.train.optim import param_groups, schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 # DSLM_EXPERIMENTS_OUT redirects logs and figures (used by the smoke test so it never overwrites results)
@@ -139,6 +140,8 @@ def train_lm(cfg, train_ids: np.ndarray, val_ids: np.ndarray, *, steps: int, bat
              stop_on_nan: bool = True, measure_at: tuple = (), measure_batch=None) -> dict:
     """A minimal AdamW loop (betas 0.9/0.95, linear warm-up, cosine decay to min_lr_ratio*lr, global
     grad-norm clipping, weight decay on matrices only) for a `deepscalelm` decoder on token-id arrays.
+    Schedule and parameter groups are the package's (`deepscalelm.train.optim.schedule` with
+    ``decay_lag=1``, the studies' schedule; `deepscalelm.train.optim.param_groups`).
 
     Returns the loss curve, validation loss (nats/token, fixed validation windows), wall/CPU time
     of the steps (evaluation excluded) and a divergence flag. `measure_at`: steps at which to run
@@ -152,16 +155,11 @@ def train_lm(cfg, train_ids: np.ndarray, val_ids: np.ndarray, *, steps: int, bat
     model = deepscalelm.build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     n_emb = sum(p.numel() for n, p in model.named_parameters() if "emb" in n or "pos" in n)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95))
 
-    def lr_at(s):
-        if s < warmup:
-            return lr * (s + 1) / warmup
-        t = (s - warmup) / max(1, steps - warmup)
-        return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    def lr_at(s):  # s is 0-based: the package's step s + 1, with the decay one step late (decay_lag=1)
+        return schedule(s + 1, lr=lr, warmup_steps=warmup, max_steps=steps, decay="cosine",
+                        min_lr_ratio=min_lr_ratio, decay_lag=1)
 
     rng = np.random.default_rng(seed + 1000)
     vrng = np.random.default_rng(12345)

@@ -15,27 +15,24 @@ Pre-LN, dropout 0, AdamW (0.9, 0.95), warm-up 10 % then cosine, clip 1.0.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
-
 from common import DATA, Log, setup, shakespeare_bytes, windows
+
+from deepscalelm.train.optim import param_groups, schedule
 
 
 def fit(model, batch_fn, loss_fn, steps, lr, warmup):
     import torch
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    nod = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": nod, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
     curve, secs = [], 0.0
     model.train()
-    for s in range(steps):
-        f = (s + 1) / warmup if s < warmup else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+    for s in range(steps):  # 0-based s: the package's step s + 1, decay one step late (the study's schedule)
         for g in opt.param_groups:
-            g["lr"] = lr * f
+            g["lr"] = schedule(s + 1, lr=lr, warmup_steps=warmup, max_steps=steps, decay="cosine", min_lr_ratio=0.1,
+                               decay_lag=1)
         b = batch_fn()
         t = time.perf_counter()
         loss = loss_fn(model, b)

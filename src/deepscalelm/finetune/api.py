@@ -42,7 +42,7 @@ from ..config import ModelConfig
 from ..errors import DSLMError
 from ..tasks import TaskData, check_labels, load_task
 from ..train import checkpoint as ck
-from ..train.optim import param_groups
+from ..train.optim import param_groups, schedule
 from .encode import encode_split
 from .model import FinetuneModel
 
@@ -171,10 +171,9 @@ def check_task_fits(task: TaskData, kind: str, n_labels: int, where: str) -> Non
 
 # ---------------------------------------------------------------------------------- training
 def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
-    """Linear warm-up from 0 to lr over `warmup` steps, then linear decay to 0 at `total` (1-based step)."""
-    if warmup and step <= warmup:
-        return lr * step / warmup
-    return lr * max(0.0, (total - step) / max(1, total - warmup))
+    """Linear warm-up from 0 to lr over `warmup` steps, then linear decay to 0 at `total` (1-based step):
+    the package's `deepscalelm.train.optim.schedule` with ``decay="linear"`` and ``min_lr_ratio=0``."""
+    return schedule(step, lr=lr, warmup_steps=warmup, max_steps=total, decay="linear", min_lr_ratio=0.0)
 
 
 def _batches(arrays: dict[str, np.ndarray], idx: np.ndarray, device: torch.device, causal: bool
