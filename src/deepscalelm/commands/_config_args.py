@@ -83,7 +83,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: ModelConfig 
         group.add_argument(flag, dest=f"cfg_{f.name}", **kwargs)
 
 
+#: default of a config flag whose subcommand must tell "given" from "left at its default" (dslm predict --hf)
+UNSET = object()
+
+
 def config_from_args(args: argparse.Namespace) -> ModelConfig:
-    """The ModelConfig the flags describe (ValueError with the field name on bad values)."""
+    """The ModelConfig the flags describe (ValueError with the field name on bad values); flags left
+    `UNSET` take the ModelConfig default."""
+    default = ModelConfig()
     values = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**values)
+    return ModelConfig(**{k: getattr(default, k) if v is UNSET else v for k, v in values.items()})

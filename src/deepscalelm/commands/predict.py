@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from ..config import ModelConfig
-from ._config_args import add_config_arguments, config_from_args
+from ._config_args import UNSET, add_config_arguments, config_from_args
 from ._output import write_tables
 
 COLUMNS = ("stack", "layer", "block", "var", "corr", "grad_var", "grad_corr", "block_var")
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, **{f"cfg_{f.name}": _UNSET for f in dataclasses.fields(ModelConfig)})
 
 
-_UNSET = object()
+_UNSET = UNSET
 
 
 def _explicit(args: argparse.Namespace) -> dict:
