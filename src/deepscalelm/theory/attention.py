@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
+from .softmax_quad import CLOSURE_MAX_VAR, masses_large_v, pattern_corr_factor
 
 __all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass"]
 
@@ -111,6 +112,8 @@ def softmax_sq_mass(n: int, v: float) -> float:
         return 1.0
     if v <= 0.0:
         return 1.0 / n
+    if v > CLOSURE_MAX_VAR:   # beyond the closure's range: exact quadrature (softmax_quad)
+        return float(masses_large_v(n, v)[0][0])
     if v > 30.0:   # log(1 + (e^v - 1)/(n - 1)) without overflow
         s2r = v + math.log1p((n - 2) * math.exp(-v)) - math.log(n - 1)
     else:
@@ -132,6 +135,9 @@ def softmax_masses(n: int, v: float) -> tuple[float, float]:
         return 1.0, 1.0
     if v <= 0.0:
         return 1.0 / n, 1.0 / n ** 2
+    if v > CLOSURE_MAX_VAR:   # beyond the closure's range: exact quadrature (softmax_quad)
+        s, c = masses_large_v(n, v)
+        return float(s[0]), float(c[0])
     if v > 30.0:
         s2r = v + math.log1p((n - 2) * math.exp(-v)) - math.log(n - 1)
     else:
@@ -168,6 +174,9 @@ class _SqMassTable:
     """
 
     def __init__(self, n_max: int, v: float) -> None:
+        if v > CLOSURE_MAX_VAR:
+            self._init_quad(n_max, v)
+            return
         a1 = a2 = a3 = a4 = 0.0
         m = min(n_max, _N_QUAD)
         s = c = 1.0
@@ -194,6 +203,19 @@ class _SqMassTable:
         self.sum_s2 = a3       # sum_n S_n^2
         self.sum_c = a4        # sum_n C_n
         self.sum_j = max(a1 - 2.0 * a4 + a3, 0.0)   # sum_n J_n
+
+    def _init_quad(self, n_max: int, v: float) -> None:
+        """The same sums beyond the closure's range: every window by the quadrature (S_n saturates
+        there, which the 1/n interpolation of the closure path does not describe)."""
+        import numpy as np
+
+        n = np.arange(1, n_max + 1, dtype=float)
+        s, c = masses_large_v(n, v)
+        self.sum_s = float(s.sum())
+        self.sum_s_n = float((s / n).sum())
+        self.sum_s2 = float((s * s).sum())
+        self.sum_c = float(c.sum())
+        self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
 
 
 _SEG_CACHE: dict[tuple[int, int], list[tuple[int, int, float, float, float, float]]] = {}
@@ -334,6 +356,9 @@ class Softmax:
 
     def _var(self, v: float) -> float:
         L = self.seq_len
+        if self.exact and v > CLOSURE_MAX_VAR:
+            # beyond the closure's range: Var(p) = E[p^2] - 1/L^2 = S_L / L - 1/L^2 (quadrature)
+            return max(softmax_sq_mass(L, v) / L - 1.0 / L ** 2, 0.0)
         if self.exact:
             big_e = _exp(v * L / (L - 1))
             return (big_e - 1.0) * big_e ** 2 / ((L - 1) * _exp(v) + 1.0) ** 2
@@ -422,6 +447,13 @@ class Attention:
             return self._full_window(v)[0]
         return _exp(v) / self.seq_len
 
+    def _rho(self, rx: float, v: float) -> float:
+        """n^2 E[A_ij A_kj] for two queries with input correlation rx (e^{rx v} within the closure's
+        range; `softmax_quad.pattern_corr_factor` beyond, with the full window)."""
+        if v <= CLOSURE_MAX_VAR:
+            return _exp(rx * v)
+        return pattern_corr_factor(rx, v, self.seq_len, self._full_window(v)[0])
+
     def _moments(self, x: Signal, kv: Signal | None):
         s2x, rx = _fold_mean(x)
         if kv is None:
@@ -491,7 +523,7 @@ class Attention:
             if L > 1:
                 npair = L * (L - 1)
                 pair = 2.0 * (L - self._harm) / npair
-                own = (pair + (_exp(rx * v) - 1.0) * self._pk / npair)
+                own = (pair + (self._rho(rx, v) - 1.0) * self._pk / npair)
             else:
                 pair = own = 0.0
             cov = rk * s2k + (1 - rk) * s2k * own + 2 * c2 * pair
@@ -500,12 +532,12 @@ class Attention:
             f = 1.0 - 1.0 / L
             var = rk * s2k + s2k * s * (a - rk) + c2 * f * (1.0 + diag * a * s)
             if kv is None:
-                rho = 1.0 + (_exp(rx * v) - 1.0) * (1.0 - 1.0 / L)
+                rho = 1.0 + (self._rho(rx, v) - 1.0) * (1.0 - 1.0 / L)
                 cov = rk * s2k + ((1 - rk) * s2k * rho + 2 * c2) / L
             else:
                 # two queries with correlation r_x have correlated attention patterns:
                 # L E[A_ij A_kj] = exp(r_x v)
-                cov = rk * s2k + (1 - rk) * s2k * _exp(rx * v) / L
+                cov = rk * s2k + (1 - rk) * s2k * self._rho(rx, v) / L
         return var, cov
 
     @staticmethod
@@ -576,7 +608,7 @@ class Attention:
         # the softmax, so E[A_ij A_kj] = (1 + (rho - 1)(1 - 1/max(n_i, n_k))) / (n_i n_k) with
         # rho = e^{r_x v}. The sum of A_ij A_kl over all key pairs is 1, so the pairs j != l lose
         # what j = l gains.
-        rho1 = _exp(rx * v) - 1.0
+        rho1 = self._rho(rx, v) - 1.0
         if self.causal:
             tab = self._table(v) if tab is None else tab
             diag = self._sum_t2 - self._harm + rho1 * self._pk
@@ -628,7 +660,7 @@ class Attention:
         a = 1.0 / (1.0 - self.attn_dropout)
         scale = ss * self.d_head * self.v_var * g.var
         rg = g.corr
-        rho1 = _exp(rx * v) - 1.0 if self.exact else 0.0     # see _value_path
+        rho1 = self._rho(rx, v) - 1.0 if self.exact else 0.0     # see _value_path
         if self.causal:
             tab = self._table(v) if tab is None else tab
             var = ((a - rk) * tab.sum_j

@@ -28,7 +28,8 @@ import math
 
 import numpy as np
 
-__all__ = ["masses_quad"]
+__all__ = ["masses_quad", "masses_large_v", "masses_per_window", "pattern_corr_factor", "quad_weight", "CLOSURE_MAX_VAR",
+           "QUAD_FROM_VAR", "CLOSURE_VALID_VAR"]
 
 _MEMO: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
 
@@ -84,3 +85,88 @@ def masses_quad(n: np.ndarray | int, v: float) -> tuple[np.ndarray, np.ndarray]:
     s = n_arr * (powers @ k2)
     c = n_arr * (powers @ k3)
     return np.clip(s, 1.0 / n_arr, 1.0), np.clip(c, 1.0 / n_arr ** 2, 1.0)
+
+
+# The log-normal closure of `attention.softmax_masses` was validated for effective logit variance
+# v <= CLOSURE_VALID_VAR (docs/validation.md). It is used unchanged up to CLOSURE_MAX_VAR (slightly
+# above: the pinned reference predictions of tests/test_theory_fastpath.py reach v = 2.5625, Xavier
+# at d_head = 8, and stay bit-identical); above QUAD_FROM_VAR the quadrature replaces it completely,
+# and in between the two are mixed linearly in v, so predictions stay continuous in v.
+CLOSURE_VALID_VAR = 2.0
+CLOSURE_MAX_VAR = 2.6
+QUAD_FROM_VAR = 3.1
+
+
+def quad_weight(v: float) -> float:
+    """Weight of the quadrature in `masses_large_v` (0 up to CLOSURE_MAX_VAR, 1 from QUAD_FROM_VAR)."""
+    if v <= CLOSURE_MAX_VAR:
+        return 0.0
+    return min(1.0, (v - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR))
+
+
+def _closure(n: np.ndarray, v: float) -> tuple[np.ndarray, np.ndarray]:
+    """The Fenton-Wilkinson closure of `attention.softmax_masses`, vectorised over n (17-node rule)."""
+    z = np.arange(-6.0, 6.0 + 1e-9, 0.75)
+    zw = np.exp(-0.5 * z * z)
+    zw /= zw.sum()
+    s = np.ones_like(n)
+    c = np.ones_like(n)
+    big = n > 1
+    m = n[big] - 1.0
+    s2r = np.log1p(math.expm1(v) / m)
+    mur = np.log(m) + 0.5 * v - 0.5 * s2r
+    sw = np.sqrt(v + s2r)
+    q = 1.0 / (1.0 + np.exp(np.clip(mur[:, None] + sw[:, None] * z[None, :], -700.0, 700.0)))
+    s[big] = n[big] * ((q * q) @ zw)
+    c[big] = n[big] * ((q * q * q) @ zw)
+    return s, c
+
+
+def masses_large_v(n: np.ndarray | int, v: float) -> tuple[np.ndarray, np.ndarray]:
+    """(S_n, C_n) for v > CLOSURE_MAX_VAR: the quadrature, mixed with the closure up to QUAD_FROM_VAR."""
+    n_arr = np.atleast_1d(np.asarray(n, dtype=float))
+    s, c = masses_quad(n_arr, v)
+    w = quad_weight(v)
+    if w < 1.0:
+        s0, c0 = _closure(n_arr, v)
+        s, c = w * s + (1.0 - w) * s0, w * c + (1.0 - w) * c0
+    return s, c
+
+
+def pattern_corr_factor(rx: float, v: float, n: float, s_n: float) -> float:
+    """rho = n^2 E[A_ij A_kj] for two queries whose logits over the same n keys correlate by rx.
+
+    Below CLOSURE_MAX_VAR the log-normal value e^{rx v}. Beyond, rho = (n S_n)^{rx}: the same
+    geometric interpolation between rho = 1 (independent queries, rx = 0) and rho = n S_n (identical
+    queries, rx = 1), which equals e^{rx v} in the large-n log-normal limit (n S_n -> e^v) and stays
+    within the Cauchy-Schwarz bound n S_n; mixed like `masses_large_v` in between.
+    """
+    base = math.exp(min(rx * v, 700.0))
+    w = quad_weight(v)
+    if w == 0.0:
+        return base
+    ext = max(n * s_n, 1.0) ** rx
+    return w * ext + (1.0 - w) * base
+
+
+_NODE_RATIO = 1.05   # geometric v-grid of `masses_per_window` (interpolation error ~1e-3 relative)
+
+
+def masses_per_window(n: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`masses_large_v` for windows with their own logit variances v_i > CLOSURE_MAX_VAR (arrays of
+    one length): evaluated at the nodes 2 * 1.05^k around each v_i (memoised across calls) and
+    interpolated linearly in log v, so L different variances cost a few node evaluations."""
+    n = np.asarray(n, dtype=float)
+    v = np.asarray(v, dtype=float)
+    pos = np.log(v / CLOSURE_MAX_VAR) / math.log(_NODE_RATIO)
+    k = np.floor(pos).astype(int)
+    t = pos - k
+    s = np.empty_like(v)
+    c = np.empty_like(v)
+    for kk in np.unique(k):
+        sel = k == kk
+        lo = masses_large_v(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk))
+        hi = masses_large_v(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
+        s[sel] = (1.0 - t[sel]) * lo[0] + t[sel] * hi[0]
+        c[sel] = (1.0 - t[sel]) * lo[1] + t[sel] * hi[1]
+    return s, c
