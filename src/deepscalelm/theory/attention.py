@@ -45,9 +45,10 @@ from __future__ import annotations
 import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
-from .softmax_quad import CLOSURE_MAX_VAR, masses_large_v, pattern_corr_factor
+from .softmax_quad import CLOSURE_MAX_VAR, CLOSURE_VALID_VAR, QUAD_FROM_VAR, masses_large_v, pattern_corr_factor
 
-__all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass"]
+__all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass", "VALID_LOGIT_VAR",
+           "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
 
 # Trapezoid rule on a standard normal variable z in [-_Z_MAX, _Z_MAX] with step _Z_STEP (17 nodes).
 # For the smooth integrands used below (powers of a logistic function of an affine function of z)
@@ -63,6 +64,38 @@ _NODE_WEIGHTS = tuple(zip(_NODES, _WEIGHTS))
 # windows up to this size get their own quadrature; beyond it S_n and C_n are computed at doubling
 # window sizes and interpolated in between as n S_n = alpha + beta/n, n^2 C_n = gamma + delta/n
 _N_QUAD = 16
+
+
+# Effective logit variance (1 - r) sigma_s^2 up to which the softmax and attention moments were
+# validated against Monte Carlo (docs/validation.md: within 10 % at v <= 1, 15-25 % at v = 2).
+VALID_LOGIT_VAR = CLOSURE_VALID_VAR
+
+
+# Largest effective logit variance the moments are computed for: far beyond it the softmax is a hard
+# argmax (S_n > 0.97 at n = 300) and the quadrature's grid grows like sqrt(v).
+MAX_LOGIT_VAR = 1.0e4
+
+
+class LogitVarianceError(ValueError):
+    """The attention logit variance is beyond `MAX_LOGIT_VAR`: the moments are not computed."""
+
+
+def logit_var_note(v: float) -> str | None:
+    """None when the effective logit variance ``v`` is within `VALID_LOGIT_VAR`; otherwise what the
+    prediction at ``v`` rests on and how far it was measured to be off (d 64, L 16-64,
+    ``python benchmarks/large_logit.py``)."""
+    if v <= VALID_LOGIT_VAR:
+        return None
+    if v <= CLOSURE_MAX_VAR:
+        return ("log-normal softmax closure beyond its range (measured/predicted attention output "
+                "variance 0.7-1.0 at 2.56)")
+    if v > 20.0:
+        return ("beyond the largest logit variance checked against Monte Carlo (20; there "
+                "measured/predicted attention output variance 0.39-0.65, gradient 2.0-2.2)")
+    form = "quadrature" if v >= QUAD_FROM_VAR else "closure/quadrature mix"
+    return (f"softmax masses by {form} (exact), logit-coupling and Q/K-gradient terms first order "
+            "(measured/predicted attention output variance 0.76-0.96 and gradient 1.07-1.16 at 3.5; "
+            "0.39-0.65 and 2.0-2.2 at 20)")
 
 
 def _check_int(name: str, value: int, lo: int) -> None:
@@ -279,6 +312,8 @@ def _position_sums(L: int) -> tuple[float, float, float, float]:
 _V_STEP = 1.0 / 64.0
 _V_GRID_MAX = 16.0
 _GRID_CACHE: dict[tuple, object] = {}
+# beyond _V_GRID_MAX (quadrature only) the nodes are geometric, v_k = _V_GRID_MAX * _V_RATIO^k
+_V_RATIO = 1.02
 
 
 class _MassSums:
@@ -301,15 +336,29 @@ def _grid(kind: str, n: int, k: int):
     if hit is None:
         if len(_GRID_CACHE) > 20000:
             _GRID_CACHE.clear()
-        hit = _SqMassTable(n, k * _V_STEP) if kind == "win" else softmax_masses(n, k * _V_STEP)
+        if kind.endswith("_g"):
+            v = _V_GRID_MAX * _V_RATIO ** k
+        else:
+            v = k * _V_STEP
+        hit = _SqMassTable(n, v) if kind.startswith("win") else softmax_masses(n, v)
         _GRID_CACHE[key] = hit
     return hit
 
 
+def _geo_node(v: float) -> tuple[int, float]:
+    """(k, t): v lies a fraction t (in log v) between the geometric nodes k and k + 1."""
+    pos = math.log(v / _V_GRID_MAX) / math.log(_V_RATIO)
+    k = int(pos)
+    return k, pos - k
+
+
 def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
     """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v."""
-    if v <= 0.0 or v >= _V_GRID_MAX:
+    if v <= 0.0:
         return _SqMassTable(n_max, v)
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        return _MassSums(_grid("win_g", n_max, k), _grid("win_g", n_max, k + 1), t)
     k = int(v / _V_STEP)
     t = v / _V_STEP - k
     return _MassSums(_grid("win", n_max, k), _grid("win", n_max, k + 1), t)
@@ -317,8 +366,12 @@ def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
 
 def _full_masses(n: int, v: float) -> tuple[float, float]:
     """(S_n, C_n) at effective logit variance v, interpolated on the v grid."""
-    if v <= 0.0 or v >= _V_GRID_MAX:
+    if v <= 0.0:
         return softmax_masses(n, v)
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        (s0, c0), (s1, c1) = _grid("full_g", n, k), _grid("full_g", n, k + 1)
+        return (1.0 - t) * s0 + t * s1, (1.0 - t) * c0 + t * c1
     k = int(v / _V_STEP)
     t = v / _V_STEP - k
     (s0, c0), (s1, c1) = _grid("full", n, k), _grid("full", n, k + 1)
@@ -454,6 +507,11 @@ class Attention:
             return _exp(rx * v)
         return pattern_corr_factor(rx, v, self.seq_len, self._full_window(v)[0])
 
+    def logit_var(self, x: Signal, kv: Signal | None = None) -> float:
+        """Effective (key-to-key) logit variance v = (1 - r_kv) sigma_s^2 for input ``x`` (and the
+        key/value stream ``kv`` of a cross-attention): the variable the softmax moments depend on."""
+        return self._moments(x, kv)[5]
+
     def _moments(self, x: Signal, kv: Signal | None):
         s2x, rx = _fold_mean(x)
         if kv is None:
@@ -464,6 +522,12 @@ class Attention:
         qk = self.q_var * self.k_var
         ss = d * d * qk * s2x * s2k                 # logit variance sigma_s^2
         v = (1.0 - rk) * ss                         # effective (key-to-key) logit variance
+        if v > MAX_LOGIT_VAR:
+            raise LogitVarianceError(
+                f"attention logit variance (1 - r) sigma_s^2 = {v:.3g} exceeds {MAX_LOGIT_VAR:g} "
+                f"(sigma_s^2 = d_model^2 q_var k_var sigma_x^2 sigma_kv^2 = {d}^2 * {self.q_var:.3g} * "
+                f"{self.k_var:.3g} * {s2x:.3g} * {s2k:.3g}, r = {rk:.3g}): the softmax is a hard argmax "
+                "there and its moments are not computed; lower the Q/K weight variances")
         return s2x, rx, s2k, rk, ss, v
 
     # ----------------------------------------------------------------------------- forward

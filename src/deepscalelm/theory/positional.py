@@ -45,7 +45,7 @@ import math
 import numpy as np
 
 from .moments import Grad, Signal, clip_corr
-from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_large_v, masses_per_window
+from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_per_window
 
 __all__ = ["window_masses", "window_masses_var", "attention_forward", "attention_position_var", "ffn_forward",
            "forward_positional", "causal_backward", "pooled", "exchangeable"]
@@ -69,7 +69,7 @@ def window_masses(L: int, v: float) -> tuple[np.ndarray, np.ndarray]:
     if v <= 0.0:
         s, c = 1.0 / n, 1.0 / n ** 2
     elif v > CLOSURE_MAX_VAR:   # beyond the closure's range: exact quadrature (softmax_quad)
-        s, c = masses_large_v(n, v)
+        s, c = masses_per_window(n, np.full(L, v))
     else:
         m = n[1:] - 1.0
         if v > 30.0:
