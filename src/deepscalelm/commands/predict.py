@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._config_args import add_config_arguments, config_from_args
 from ._output import write_tables
@@ -40,8 +41,11 @@ def format_table(records: list[dict], every: int = 0) -> str:
     lines = [head, "-" * len(head)]
     for r in keep:
         bv = "" if r["block_var"] is None else f"{r['block_var']:.4g}"
+        mark = "  !" if r.get("valid") is False else ""
         lines.append(f"{r['stack'] or '-':<8}{r['layer']:>6}  {r['block']:<11}{r['var']:>11.4g}"
-                     f"{r['corr']:>8.3f}{r['grad_var']:>11.4g}{r['grad_corr']:>10.3f}{bv:>11}")
+                     f"{r['corr']:>8.3f}{r['grad_var']:>11.4g}{r['grad_corr']:>10.3f}{bv:>11}{mark}")
+    if any(r.get("valid") is False for r in records):
+        lines.append("! = outside the validated range of a component formula (see the warnings)")
     if len(keep) < len(records):
         lines.append(f"({len(records) - len(keep)} of {len(records)} rows hidden; --every 1 shows all, "
                      "--csv/--json write all)")
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     traj = predict(config, positional={"auto": None, "on": True, "off": False}[args.positional])
     wrote_stdout = write_tables(traj, args)
+    # machine-readable output on stdout: the warnings go to stderr so the JSON/CSV stays parseable
+    warn_to = sys.stderr if wrote_stdout else sys.stdout
     if args.plot:
         from ..plotting import plot_trajectories
 
@@ -64,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
               f"{config.n_layers} layers, d_model={config.d_model}, heads={config.n_heads}, "
               f"d_ff={config.ffn_dim}, L={config.seq_len}, dropout={config.dropout}")
         print(format_table(traj.to_records(), args.every))
+    for line in traj.validity():
+        print(f"warning: {line}", file=warn_to)
+    if not wrote_stdout:
         for kind in ("json", "csv", "plot"):
             if getattr(args, kind):
                 print(f"wrote {getattr(args, kind)}")

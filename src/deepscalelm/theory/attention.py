@@ -45,7 +45,8 @@ from __future__ import annotations
 import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
-from .softmax_quad import CLOSURE_MAX_VAR, CLOSURE_VALID_VAR, QUAD_FROM_VAR, masses_large_v, pattern_corr_factor
+from .softmax_quad import (CLOSURE_MAX_VAR, CLOSURE_VALID_VAR, QUAD_FROM_VAR, jacobian_mass_quad, masses_large_v,
+                           masses_quad, pattern_corr_factor, quad_weight)
 
 __all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass", "VALID_LOGIT_VAR",
            "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
@@ -192,6 +193,29 @@ def softmax_masses(n: int, v: float) -> tuple[float, float]:
     return n * acc2, n * acc3
 
 
+_JAC_MEMO: dict[tuple[int, float], float] = {}
+
+
+def _exact_jac(n: int, v: float) -> float:
+    """`softmax_quad.jacobian_mass_quad` of one window on the v grid of `_full_masses` (memoised)."""
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
+    else:
+        k = int(v / _V_STEP)
+        t = v / _V_STEP - k
+        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
+    vals = []
+    for node in nodes:
+        hit = _JAC_MEMO.get((n, node))
+        if hit is None:
+            if len(_JAC_MEMO) > 20000:
+                _JAC_MEMO.clear()
+            hit = _JAC_MEMO[(n, node)] = float(jacobian_mass_quad(n, node)[0])
+        vals.append(hit)
+    return (1.0 - t) * vals[0] + t * vals[1]
+
+
 def jac_mass(s: float, c: float) -> float:
     """J = E[sum_j p_j^2 (delta_j - sum_l p_l delta_l)^2] / Var(delta) = S - 2 C + S^2 for i.i.d.
     unit-variance delta: the squared softmax-Jacobian mass that feeds the Q/K gradient path."""
@@ -205,6 +229,8 @@ class _SqMassTable:
     window sizes and interpolated (see _N_QUAD), with the partial sums of 1/n^k per segment cached.
     Cost O(_N_QUAD + log2(N / _N_QUAD)) quadratures.
     """
+
+    quad = False   # True when built by the quadrature (its sum_j is then not S - 2C + S^2)
 
     def __init__(self, n_max: int, v: float) -> None:
         if v > CLOSURE_MAX_VAR:
@@ -248,7 +274,10 @@ class _SqMassTable:
         self.sum_s_n = float((s / n).sum())
         self.sum_s2 = float((s * s).sum())
         self.sum_c = float(c.sum())
-        self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        w = quad_weight(v)
+        self.sum_j = w * float(jacobian_mass_quad(n, v).sum()) + (1.0 - w) * j
+        self.quad = True
 
 
 _SEG_CACHE: dict[tuple[int, int], list[tuple[int, int, float, float, float, float]]] = {}
@@ -319,7 +348,7 @@ _V_RATIO = 1.02
 class _MassSums:
     """Linear interpolation of two `_SqMassTable`s (same fields)."""
 
-    __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j")
+    __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j", "quad")
 
     def __init__(self, a: "_SqMassTable", b: "_SqMassTable", t: float) -> None:
         u = 1.0 - t
@@ -327,7 +356,11 @@ class _MassSums:
         self.sum_s_n = u * a.sum_s_n + t * b.sum_s_n
         self.sum_s2 = u * a.sum_s2 + t * b.sum_s2
         self.sum_c = u * a.sum_c + t * b.sum_c
-        self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        if a.quad or b.quad:   # exact Jacobian masses: interpolate them too
+            self.sum_j = u * a.sum_j + t * b.sum_j
+        else:
+            self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        self.quad = a.quad or b.quad
 
 
 def _grid(kind: str, n: int, k: int):
@@ -378,6 +411,12 @@ def _full_masses(n: int, v: float) -> tuple[float, float]:
     return (1.0 - t) * s0 + t * s1, (1.0 - t) * c0 + t * c1
 
 
+def _softmax_quad_weight(v: float) -> float:
+    """Weight of the quadrature in the `Softmax` component's exact form: 0 for v <= VALID_LOGIT_VAR
+    (the authors' full forms), 1 from VALID_LOGIT_VAR + 0.5, linear in between."""
+    return min(1.0, max(0.0, (v - VALID_LOGIT_VAR) / 0.5))
+
+
 class Softmax:
     """Softmax over a length-``seq_len`` vector of logits (the paper's Table 1, softmax).
 
@@ -409,13 +448,21 @@ class Softmax:
 
     def _var(self, v: float) -> float:
         L = self.seq_len
-        if self.exact and v > CLOSURE_MAX_VAR:
-            # beyond the closure's range: Var(p) = E[p^2] - 1/L^2 = S_L / L - 1/L^2 (quadrature)
-            return max(softmax_sq_mass(L, v) / L - 1.0 / L ** 2, 0.0)
         if self.exact:
-            big_e = _exp(v * L / (L - 1))
-            return (big_e - 1.0) * big_e ** 2 / ((L - 1) * _exp(v) + 1.0) ** 2
+            w = _softmax_quad_weight(v)
+            old = 0.0 if w == 1.0 else self._var_full(v)
+            if w == 0.0:
+                return old
+            # beyond the authors' range: Var(p) = E[p^2] - 1/L^2 = S_L / L - 1/L^2 (quadrature)
+            quad = max(float(masses_quad(L, v)[0][0]) / L - 1.0 / L ** 2, 0.0)
+            return w * quad + (1.0 - w) * old
         return (_exp(v) - 1.0) / L ** 2
+
+    def _var_full(self, v: float) -> float:
+        """The authors' full form of the variance (valid for v <~ 2)."""
+        L = self.seq_len
+        big_e = _exp(v * L / (L - 1))
+        return (big_e - 1.0) * big_e ** 2 / ((L - 1) * _exp(v) + 1.0) ** 2
 
     def forward(self, x: Signal) -> Signal:
         v = (1.0 - x.corr) * x.var
@@ -425,8 +472,13 @@ class Softmax:
         v = (1.0 - x.corr) * x.var
         L = self.seq_len
         ge = (1.0 - g.corr) * g.var
-        if self.exact:
-            var = ge * (self._var(v) + 1.0 / L ** 2)
+        w = _softmax_quad_weight(v) if self.exact else 0.0
+        if self.exact and w < 1.0:
+            var = ge * (self._var_full(v) + 1.0 / L ** 2)
+            if w > 0.0:   # the exact Jacobian mass: E[p_i^2 (g_i - p.g)^2] = ge J_L / L
+                var = w * ge * float(jacobian_mass_quad(L, v)[0]) / L + (1.0 - w) * var
+        elif self.exact:
+            var = ge * float(jacobian_mass_quad(L, v)[0]) / L
         else:
             var = ge * _exp(v) / L ** 2
         return Grad(var, -1.0 / (L - 1))
@@ -492,7 +544,11 @@ class Attention:
         if not self.exact:
             s = _exp(v) / self.seq_len
             return s * (1.0 - 1.0 / self.seq_len)
-        return jac_mass(*self._full_window(v))
+        j = jac_mass(*self._full_window(v))
+        w = quad_weight(v)
+        if w > 0.0:   # beyond the closure's range: the exact fourth-order mass (softmax_quad)
+            j = w * _exact_jac(self.seq_len, v) + (1.0 - w) * j
+        return j
 
     def _sq_mass(self, v: float) -> float:
         """S_L for the full (bidirectional) window."""

@@ -45,7 +45,7 @@ import math
 import numpy as np
 
 from .moments import Grad, Signal, clip_corr
-from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_per_window
+from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_per_window, window_jac_mass
 
 __all__ = ["window_masses", "window_masses_var", "attention_forward", "attention_position_var", "ffn_forward",
            "forward_positional", "causal_backward", "pooled", "exchangeable"]
@@ -196,6 +196,10 @@ class _Win:
         self.v = (1.0 - self.r) * self.ss
         self.S, self.Cm = window_masses_var(self.v)
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
+        big = np.flatnonzero(self.v > CLOSURE_MAX_VAR)
+        big = big[big > 0]
+        if big.size:   # beyond the closure's range: the exact Jacobian mass (softmax_quad)
+            self.J[big] = window_jac_mass(n[big], self.v[big], self.J[big])
 
 
 def _exchangeable_cov(x: Signal, L: int) -> np.ndarray:

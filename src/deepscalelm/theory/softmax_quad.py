@@ -28,10 +28,10 @@ import math
 
 import numpy as np
 
-__all__ = ["masses_quad", "masses_large_v", "masses_per_window", "pattern_corr_factor", "quad_weight", "CLOSURE_MAX_VAR",
+__all__ = ["masses_quad", "jacobian_mass_quad", "window_jac_mass", "masses_large_v", "masses_per_window", "pattern_corr_factor", "quad_weight", "CLOSURE_MAX_VAR",
            "QUAD_FROM_VAR", "CLOSURE_VALID_VAR"]
 
-_MEMO: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+_MEMO: dict[float, tuple[np.ndarray, ...]] = {}
 
 
 def _convolve_valid(rows: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -45,8 +45,9 @@ def _convolve_valid(rows: np.ndarray, w: np.ndarray) -> np.ndarray:
     return full[:, len(w) - 1:rows.shape[1]]
 
 
-def _kernels(v: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(h psi_2, h psi_3 / 2, log phi) on the tau grid and the step h, for logit variance v > 0."""
+def _kernels(v: float) -> tuple[np.ndarray, ...]:
+    """(h psi_2, h psi_3 / 2, log phi, h psi_4 / 6, h psi_2^2 / 6) on the tau grid, for logit variance
+    v > 0 (the last two give the fourth-order masses of `jacobian_mass_quad`)."""
     hit = _MEMO.get(v)
     if hit is not None:
         return hit
@@ -63,12 +64,13 @@ def _kernels(v: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     eu = np.exp(np.minimum(u, 700.0))
     g2 = np.exp(2.0 * np.minimum(u, 700.0) - eu)
     g3 = np.exp(3.0 * np.minimum(u, 700.0) - eu)
+    g4 = np.exp(4.0 * np.minimum(u, 700.0) - eu)
     one_m_g0 = -np.expm1(-eu)                           # 1 - exp(-e^u), accurate for small e^u
-    psi2, psi3, one_m_phi = _convolve_valid(np.stack([g2, g3, one_m_g0]), w)
+    psi2, psi3, one_m_phi, psi4 = _convolve_valid(np.stack([g2, g3, one_m_g0, g4]), w)
     one_m_phi = np.clip(one_m_phi, 0.0, 1.0)
     with np.errstate(divide="ignore"):
         log_phi = np.log1p(-one_m_phi)
-    out = (h * psi2, 0.5 * h * psi3, log_phi, h)
+    out = (h * psi2, 0.5 * h * psi3, log_phi, h * psi4 / 6.0, h * psi2 * psi2 / 6.0)
     if len(_MEMO) > 512:
         _MEMO.clear()
     _MEMO[v] = out
@@ -88,13 +90,36 @@ def masses_quad(n: np.ndarray | int, v: float) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"v must be a finite logit variance, got {v!r}")
     if v <= 0.0:
         return 1.0 / n_arr, 1.0 / n_arr ** 2
-    k2, k3, log_phi, _h = _kernels(float(v))
+    k2, k3, log_phi = _kernels(float(v))[:3]
     with np.errstate(invalid="ignore"):
         powers = np.exp(np.where(np.isfinite(log_phi), np.outer(n_arr - 1.0, log_phi), -np.inf))
     powers[n_arr == 1.0] = 1.0
     s = n_arr * (powers @ k2)
     c = n_arr * (powers @ k3)
     return np.clip(s, 1.0 / n_arr, 1.0), np.clip(c, 1.0 / n_arr ** 2, 1.0)
+
+
+def jacobian_mass_quad(n: np.ndarray | int, v: float) -> np.ndarray:
+    """J_n = E[sum_j p_j^2 (delta_j - sum_l p_l delta_l)^2] / Var(delta) = S_n - 2 C_n + D_n for i.i.d.
+    unit-variance delta and window sizes ``n`` (int or array), with D_n = E[(sum_j p_j^2)^2] =
+    n E[p_1^4] + n (n - 1) E[p_1^2 p_2^2] exact (`attention.jac_mass` replaces D_n by S_n^2, its Jensen
+    lower bound). Same quadrature: E[p_1^4] = (1/6) int psi_4 phi^(n-1) and
+    E[p_1^2 p_2^2] = (1/6) int psi_2^2 phi^(n-2)."""
+    n_arr = np.atleast_1d(np.asarray(n, dtype=float))
+    if v <= 0.0:
+        return np.maximum(1.0 / n_arr - 2.0 / n_arr ** 2 + 1.0 / n_arr ** 3, 0.0)
+    k2, k3, log_phi, k4, k22 = _kernels(float(v))
+    lp = np.where(np.isfinite(log_phi), log_phi, -np.inf)
+    with np.errstate(invalid="ignore"):
+        p1 = np.exp(np.outer(n_arr - 1.0, lp))
+        p2 = np.exp(np.outer(np.maximum(n_arr - 2.0, 0.0), lp))
+    p1[n_arr == 1.0] = 1.0
+    p1 = np.nan_to_num(p1)
+    p2 = np.nan_to_num(p2)
+    s = n_arr * (p1 @ k2)
+    c = n_arr * (p1 @ k3)
+    d = n_arr * (p1 @ k4) + n_arr * (n_arr - 1.0) * (p2 @ k22)
+    return np.maximum(s - 2.0 * c + d, 0.0)
 
 
 # The log-normal closure of `attention.softmax_masses` was validated for effective logit variance
@@ -180,3 +205,22 @@ def masses_per_window(n: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndar
         s[sel] = (1.0 - t[sel]) * lo[0] + t[sel] * hi[0]
         c[sel] = (1.0 - t[sel]) * lo[1] + t[sel] * hi[1]
     return s, c
+
+
+def window_jac_mass(n: np.ndarray, v: np.ndarray, closure_j: np.ndarray) -> np.ndarray:
+    """Exact Jacobian masses (`jacobian_mass_quad`) of windows with their own logit variances
+    v_i > CLOSURE_MAX_VAR, on the nodes of `masses_per_window`, mixed with the closure's value
+    ``closure_j`` = S - 2C + S^2 below QUAD_FROM_VAR like `masses_large_v`."""
+    n = np.asarray(n, dtype=float)
+    v = np.asarray(v, dtype=float)
+    pos = np.log(v / CLOSURE_MAX_VAR) / math.log(_NODE_RATIO)
+    k = np.floor(pos).astype(int)
+    t = pos - k
+    j = np.empty_like(v)
+    for kk in np.unique(k):
+        sel = k == kk
+        lo = jacobian_mass_quad(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk))
+        hi = jacobian_mass_quad(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
+        j[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
+    w = np.clip((v - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
+    return w * j + (1.0 - w) * np.asarray(closure_j, dtype=float)
