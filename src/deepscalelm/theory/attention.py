@@ -46,7 +46,7 @@ import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
 from .softmax_quad import (CLOSURE_MAX_VAR, CLOSURE_VALID_VAR, QUAD_FROM_VAR, jacobian_mass_quad, masses_large_v,
-                           masses_quad, pattern_corr_factor, quad_weight)
+                           logit_mean_sq, masses_quad, pattern_corr_factor, quad_weight)
 
 __all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass", "VALID_LOGIT_VAR",
            "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
@@ -216,6 +216,29 @@ def _exact_jac(n: int, v: float) -> float:
     return (1.0 - t) * vals[0] + t * vals[1]
 
 
+_M_MEMO: dict[tuple[int, float], float] = {}
+
+
+def _logit_m(n: int, v: float) -> float:
+    """`softmax_quad.logit_mean_sq` of one window, on the v grid of `_exact_jac` (memoised)."""
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
+    else:
+        k = int(v / _V_STEP)
+        t = v / _V_STEP - k
+        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
+    vals = []
+    for node in nodes:
+        hit = _M_MEMO.get((n, node))
+        if hit is None:
+            if len(_M_MEMO) > 20000:
+                _M_MEMO.clear()
+            hit = _M_MEMO[(n, node)] = float(logit_mean_sq(n, node)[0])
+        vals.append(hit)
+    return (1.0 - t) * vals[0] + t * vals[1]
+
+
 def jac_mass(s: float, c: float) -> float:
     """J = E[sum_j p_j^2 (delta_j - sum_l p_l delta_l)^2] / Var(delta) = S - 2 C + S^2 for i.i.d.
     unit-variance delta: the squared softmax-Jacobian mass that feeds the Q/K gradient path."""
@@ -277,6 +300,7 @@ class _SqMassTable:
         j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
         w = quad_weight(v)
         self.sum_j = w * float(jacobian_mass_quad(n, v).sum()) + (1.0 - w) * j
+        self.sum_m = float(logit_mean_sq(n, v).sum())   # sum_n E[(sum_j p_j s_j)^2] / v
         self.quad = True
 
 
@@ -348,7 +372,7 @@ _V_RATIO = 1.02
 class _MassSums:
     """Linear interpolation of two `_SqMassTable`s (same fields)."""
 
-    __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j", "quad")
+    __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j", "quad", "sum_m")
 
     def __init__(self, a: "_SqMassTable", b: "_SqMassTable", t: float) -> None:
         u = 1.0 - t
@@ -358,6 +382,7 @@ class _MassSums:
         self.sum_c = u * a.sum_c + t * b.sum_c
         if a.quad or b.quad:   # exact Jacobian masses: interpolate them too
             self.sum_j = u * a.sum_j + t * b.sum_j
+            self.sum_m = u * getattr(a, "sum_m", 0.0) + t * getattr(b, "sum_m", 0.0)
         else:
             self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
         self.quad = a.quad or b.quad
@@ -635,9 +660,13 @@ class Attention:
                 cov = rk * s2k + (2 * c2 + (1 - rk) * s2k) / L
             return var, cov
         diag = 4.0 if kv is None else 0.0           # query-side coupling exists only for self-attention
+        w = quad_weight(v)
         if self.causal:
             var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
                    + c2 * ((L - self._harm) + diag * a * (tab.sum_s - tab.sum_s_n)) / L)
+            if w > 0.0:
+                ext = rk * s2k + s2k * (a - rk) * tab.sum_s / L + (1.0 - rk) * s2k * (tab.sum_m - tab.sum_s) / (d * L)
+                var = w * ext + (1.0 - w) * var
             # own-value part: sum over key overlaps of E[A_ij A_kj], with correlated queries
             # (factor rho - 1 on the window-centred part, see _value_path)
             if L > 1:
@@ -651,6 +680,8 @@ class Attention:
             s = self._sq_mass(v)
             f = 1.0 - 1.0 / L
             var = rk * s2k + s2k * s * (a - rk) + c2 * f * (1.0 + diag * a * s)
+            if w > 0.0:
+                var = w * self._var_coupled(s2k, rk, s, v, a) + (1.0 - w) * var
             if kv is None:
                 rho = 1.0 + (self._rho(rx, v) - 1.0) * (1.0 - 1.0 / L)
                 cov = rk * s2k + ((1 - rk) * s2k * rho + 2 * c2) / L
@@ -659,6 +690,18 @@ class Attention:
                 # L E[A_ij A_kj] = exp(r_x v)
                 cov = rk * s2k + (1 - rk) * s2k * self._rho(rx, v) / L
         return var, cov
+
+    def _var_coupled(self, s2k: float, rk: float, s: float, v: float, a: float) -> float:
+        """Bidirectional output variance beyond the closure's range, without the first-order expansion.
+
+        Given the query, a key's logit is s_j = u . x_j for a fixed vector u, so its input splits into
+        the part along u, (s_j / |u|^2) u, and d - 1 directions independent of every logit. The value
+        projection sees both: Var = r s2 + s2 S (a - r) - (1 - r) s2 S / d + (1 - r) s2 M / d with
+        M = E[(sum_j p_j s_j)^2] / v (`softmax_quad.logit_mean_sq`, exact) replacing the first-order
+        coupling c2 (1 - 1/L)(1 + 4 a S). Dropout is neglected in the coupling part.
+        """
+        m = _logit_m(self.seq_len, v)
+        return rk * s2k + s2k * s * (a - rk) + (1.0 - rk) * s2k * (m - s) / self.d_model
 
     @staticmethod
     def _signal(var: float, cov: float) -> Signal:

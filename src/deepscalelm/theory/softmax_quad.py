@@ -224,3 +224,51 @@ def window_jac_mass(n: np.ndarray, v: np.ndarray, closure_j: np.ndarray) -> np.n
         j[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
     w = np.clip((v - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
     return w * j + (1.0 - w) * np.asarray(closure_j, dtype=float)
+
+
+_M2_MEMO: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def logit_mean_sq(n: np.ndarray | int, v: float) -> np.ndarray:
+    """E[(sum_j p_j s_j)^2] / v for p = softmax(s), s_1..s_n i.i.d. N(0, v): the squared
+    softmax-weighted logit, which carries the value-logit coupling of attention (a key's value and
+    its logit share the key's input along the logit direction).
+
+    Same quadrature as `masses_quad`: with N = sum_j s_j e^(s_j) and X = sum_j e^(s_j),
+    E[N^2 / X^2] = int dtau [n E[s^2 g_2(tau+s)] phi^(n-1) + n (n-1) E[s g_1(tau+s)]^2 phi^(n-2)].
+    """
+    n_arr = np.atleast_1d(np.asarray(n, dtype=float))
+    if v <= 0.0:
+        return 1.0 / n_arr
+    v = float(v)
+    hit = _M2_MEMO.get(v)
+    if hit is None:
+        sd = math.sqrt(v)
+        h = min(0.05, sd / 20.0)
+        half = int(math.ceil(8.5 * sd / h))
+        s = h * np.arange(-half, half + 1)
+        w = np.exp(-0.5 * (s / sd) ** 2)
+        w /= w.sum()
+        tau_lo, tau_hi = -1.5 * v - 25.0, 8.5 * sd + 5.0
+        m = int(math.ceil((tau_hi - tau_lo) / h))
+        u = tau_lo - half * h + h * np.arange(m + 2 * half + 1)
+        uc = np.minimum(u, 700.0)
+        eu = np.exp(uc)
+        g1 = np.exp(uc - eu)
+        g2 = np.exp(2.0 * uc - eu)
+        # kernels w s^m: E[s^m g(tau - s)]; the odd one changes sign only, and enters squared
+        a2 = _convolve_valid(g2[None, :], w * s * s)[0]
+        a1 = _convolve_valid(g1[None, :], w * s)[0]
+        one_m_phi = np.clip(_convolve_valid(-np.expm1(-eu)[None, :], w)[0], 0.0, 1.0)
+        with np.errstate(divide="ignore"):
+            log_phi = np.log1p(-one_m_phi)
+        hit = _M2_MEMO[v] = (h * a2, h * a1 * a1, np.where(np.isfinite(log_phi), log_phi, -np.inf))
+        if len(_M2_MEMO) > 512:
+            _M2_MEMO.clear()
+            _M2_MEMO[v] = hit
+    k2, k11, lp = hit
+    with np.errstate(invalid="ignore"):
+        p1 = np.nan_to_num(np.exp(np.outer(n_arr - 1.0, lp)))
+        p2 = np.nan_to_num(np.exp(np.outer(np.maximum(n_arr - 2.0, 0.0), lp)))
+    p1[n_arr == 1.0] = 1.0
+    return (n_arr * (p1 @ k2) + n_arr * (n_arr - 1.0) * (p2 @ k11)) / v
