@@ -28,7 +28,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..records import Record, Trajectory
-from .attention import VALID_LOGIT_VAR, LogitVarianceError, logit_var_note
+from .attention import MC_CHECKED_LOGIT_VAR, VALID_LOGIT_VAR, LogitVarianceError, logit_var_note
+from .softmax_quad import QUAD_FROM_VAR
 from .blocks import AttentionBlock, FFNBlock, ResidualMerge, sum_grads, sum_signals
 from .components import Dropout, Embedding, LayerNorm, Linear
 from .moments import Grad, Signal, _grad, _signal
@@ -288,8 +289,9 @@ def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signa
 
 
 def _validity(fwd: list) -> tuple[set[str], list[str], float]:
-    """Names of the attention steps whose effective logit variance exceeds `VALID_LOGIT_VAR`, one
-    summary line per (stack, block type) that did, and the largest logit variance seen."""
+    """Names of the attention steps whose effective logit variance is outside the validated range
+    (`attention.logit_var_note`), one summary line per (stack, block type) with such steps, and the
+    largest logit variance seen."""
     invalid: set[str] = set()
     worst: dict[tuple[str, str], list] = {}
     v_max = 0.0
@@ -308,8 +310,9 @@ def _validity(fwd: list) -> tuple[set[str], list[str], float]:
     lines = []
     for (stack, block), (v, lo, hi, count) in worst.items():
         where = f"{stack + ' ' if stack else ''}{block}, {count} block{'s' if count > 1 else ''} in layers {lo}-{hi}"
-        lines.append(f"attention logit variance (1-r) sigma_s^2 up to {v:.3g} > {VALID_LOGIT_VAR:g} "
-                     f"(validated range of the softmax/attention moments) at {where}: {logit_var_note(v)}")
+        lines.append(f"attention logit variance (1-r) sigma_s^2 up to {v:.3g}, outside the validated range "
+                     f"of the softmax/attention moments ({VALID_LOGIT_VAR:g} or less, or "
+                     f"{QUAD_FROM_VAR:g} to {MC_CHECKED_LOGIT_VAR:g}) at {where}: {logit_var_note(v)}")
     return invalid, lines, v_max
 
 

@@ -45,7 +45,7 @@ import math
 import numpy as np
 
 from .moments import Grad, Signal, clip_corr
-from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_per_window, window_jac_mass
+from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_per_window, window_jac_mass, window_logit_mean_sq
 
 __all__ = ["window_masses", "window_masses_var", "attention_forward", "attention_position_var", "ffn_forward",
            "forward_positional", "causal_backward", "pooled", "exchangeable"]
@@ -223,6 +223,12 @@ def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndar
     c2 = (1.0 - r) ** 2 * t
     n = geo.n
     var = r * s2 + s2 * S * (a - r) + c2 * (1.0 - 1.0 / n) * (1.0 + 4.0 * a * S)
+    big = np.flatnonzero(w.v > CLOSURE_MAX_VAR)
+    if big.size:   # beyond the closure's range: exact value-logit coupling (`Attention._var_coupled`)
+        m = window_logit_mean_sq(n[big], w.v[big])
+        ext = r[big] * s2 + s2 * S[big] * (a - r[big]) + (1.0 - r[big]) * s2 * (m - S[big]) / d
+        q = np.clip((w.v[big] - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
+        var[big] = q * ext + (1.0 - q) * var[big]
     mx = geo.maxidx
     rho1 = _rho1(w, geo)
     out = _prefix2(K) * geo.inv_ik

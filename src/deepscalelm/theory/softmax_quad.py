@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-__all__ = ["masses_quad", "jacobian_mass_quad", "window_jac_mass", "masses_large_v", "masses_per_window", "pattern_corr_factor", "quad_weight", "CLOSURE_MAX_VAR",
+__all__ = ["masses_quad", "jacobian_mass_quad", "window_jac_mass", "logit_mean_sq", "window_logit_mean_sq", "masses_large_v", "masses_per_window", "pattern_corr_factor", "quad_weight", "CLOSURE_MAX_VAR",
            "QUAD_FROM_VAR", "CLOSURE_VALID_VAR"]
 
 _MEMO: dict[float, tuple[np.ndarray, ...]] = {}
@@ -272,3 +272,20 @@ def logit_mean_sq(n: np.ndarray | int, v: float) -> np.ndarray:
         p2 = np.nan_to_num(np.exp(np.outer(np.maximum(n_arr - 2.0, 0.0), lp)))
     p1[n_arr == 1.0] = 1.0
     return (n_arr * (p1 @ k2) + n_arr * (n_arr - 1.0) * (p2 @ k11)) / v
+
+
+def window_logit_mean_sq(n: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """`logit_mean_sq` of windows with their own logit variances v_i > CLOSURE_MAX_VAR, on the nodes
+    of `masses_per_window` (interpolated linearly in log v)."""
+    n = np.asarray(n, dtype=float)
+    v = np.asarray(v, dtype=float)
+    pos = np.log(v / CLOSURE_MAX_VAR) / math.log(_NODE_RATIO)
+    k = np.floor(pos).astype(int)
+    t = pos - k
+    out = np.empty_like(v)
+    for kk in np.unique(k):
+        sel = k == kk
+        lo = logit_mean_sq(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk))
+        hi = logit_mean_sq(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
+        out[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
+    return out
