@@ -45,8 +45,18 @@ from __future__ import annotations
 import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
-from .softmax_quad import (CLOSURE_MAX_VAR, CLOSURE_VALID_VAR, QUAD_FROM_VAR, jacobian_mass_quad, masses_large_v,
-                           logit_mean_sq, masses_quad, pattern_corr_factor, quad_weight)
+from .softmax_quad import (
+    CLOSURE_MAX_VAR,
+    CLOSURE_VALID_VAR,
+    QUAD_FROM_VAR,
+    jacobian_mass_quad,
+    logit_mean_sq,
+    masses_large_v,
+    masses_quad,
+    pattern_corr_factor,
+    quad_weight,
+    window_sums_quad,
+)
 
 __all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass", "VALID_LOGIT_VAR",
            "MC_CHECKED_LOGIT_VAR", "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
@@ -294,19 +304,13 @@ class _SqMassTable:
 
     def _init_quad(self, n_max: int, v: float) -> None:
         """The same sums beyond the closure's range: every window by the quadrature (S_n saturates
-        there, which the 1/n interpolation of the closure path does not describe)."""
-        import numpy as np
-
-        n = np.arange(1, n_max + 1, dtype=float)
-        s, c = masses_large_v(n, v)
-        self.sum_s = float(s.sum())
-        self.sum_s_n = float((s / n).sum())
-        self.sum_s2 = float((s * s).sum())
-        self.sum_c = float(c.sum())
+        there, which the 1/n interpolation of the closure path does not describe), with the exact
+        Jacobian masses and the coupling sum sum_n E[(sum_j p_j s_j)^2] / v (`_var_coupled`)."""
+        (self.sum_s, self.sum_s_n, self.sum_s2, self.sum_c, j_exact,
+         self.sum_m) = window_sums_quad(n_max, v)
         j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
         w = quad_weight(v)
-        self.sum_j = w * float(jacobian_mass_quad(n, v).sum()) + (1.0 - w) * j
-        self.sum_m = float(logit_mean_sq(n, v).sum())   # sum_n E[(sum_j p_j s_j)^2] / v
+        self.sum_j = w * j_exact + (1.0 - w) * j
         self.quad = True
 
 

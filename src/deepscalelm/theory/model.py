@@ -29,13 +29,13 @@ import numpy as np
 from ..config import ModelConfig
 from ..records import Record, Trajectory
 from .attention import MC_CHECKED_LOGIT_VAR, VALID_LOGIT_VAR, LogitVarianceError, logit_var_note
-from .softmax_quad import QUAD_FROM_VAR
 from .blocks import AttentionBlock, FFNBlock, ResidualMerge, sum_grads, sum_signals
 from .components import Dropout, Embedding, LayerNorm, Linear
 from .moments import Grad, Signal, _grad, _signal
 from .naming import layer_blocks
 from .positional import causal_backward
 from .schemes import Scheme, embedding_corr, get_scheme
+from .softmax_quad import QUAD_FROM_VAR
 
 # name of a block in a record (`cross` is the module name, `cross_attn` the record name)
 _RECORD_BLOCK = {"attn": "attn", "cross": "cross_attn", "ffn": "ffn"}

@@ -28,8 +28,9 @@ import math
 
 import numpy as np
 
-__all__ = ["masses_quad", "jacobian_mass_quad", "window_jac_mass", "logit_mean_sq", "window_logit_mean_sq", "masses_large_v", "masses_per_window", "pattern_corr_factor", "quad_weight", "CLOSURE_MAX_VAR",
-           "QUAD_FROM_VAR", "CLOSURE_VALID_VAR"]
+__all__ = ["window_sums_quad", "masses_quad", "jacobian_mass_quad", "window_jac_mass", "logit_mean_sq",
+           "window_logit_mean_sq", "masses_large_v", "masses_per_window", "pattern_corr_factor",
+           "quad_weight", "CLOSURE_MAX_VAR", "QUAD_FROM_VAR", "CLOSURE_VALID_VAR"]
 
 _MEMO: dict[float, tuple[np.ndarray, ...]] = {}
 
@@ -289,3 +290,13 @@ def window_logit_mean_sq(n: np.ndarray, v: np.ndarray) -> np.ndarray:
         hi = logit_mean_sq(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
         out[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
     return out
+
+
+def window_sums_quad(n_max: int, v: float) -> tuple[float, float, float, float, float, float]:
+    """Sums over causal windows n = 1..n_max at logit variance v > CLOSURE_MAX_VAR of S_n, S_n / n,
+    S_n^2, C_n (`masses_large_v`), of the exact Jacobian mass J_n (`jacobian_mass_quad`) and of
+    E[(sum_j p_j s_j)^2] / v (`logit_mean_sq`)."""
+    n = np.arange(1, n_max + 1, dtype=float)
+    s, c = masses_large_v(n, v)
+    return (float(s.sum()), float((s / n).sum()), float((s * s).sum()), float(c.sum()),
+            float(jacobian_mass_quad(n, v).sum()), float(logit_mean_sq(n, v).sum()))
