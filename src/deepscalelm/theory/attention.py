@@ -31,6 +31,12 @@ Accuracy (docs/validation.md, independent random grid, logit variance up to 1, L
 pooled moment within 10% at the 99th percentile; the gradient variance within 6.3% at worst,
 against 43% (bidirectional) and 60% (causal) for the paper's value-path formula. Outside the range
 sigma_s^2 <~ 1 the first-order terms over-estimate (15-25% on the output variance at sigma_s^2 = 2).
+Beyond an effective logit variance v = 2.6 (see `deepscalelm.theory.softmax_quad`) the softmax masses,
+the softmax-Jacobian mass, the value-logit coupling (`Attention._var_coupled`) and the correlated-query
+factor come from exact quadratures instead (within 4% on the output and 6% on the gradient variance of
+Monte Carlo for v = 3.5..20, d 64; docs/validation.md); mixed linearly with the closure up to v = 3.1.
+`logit_var_note` says when a prediction is outside these validated ranges; v > `MAX_LOGIT_VAR` raises
+`LogitVarianceError`.
 
 Cost: a call is O(1) once the effective logit variance v has been seen (sums over causal windows are
 memoised per v); a new v costs ~20 quadratures of 17 nodes (~0.2 ms causal, ~20 us bidirectional).
@@ -473,7 +479,10 @@ class Softmax:
     ``python benchmarks/validate_full.py --softmax-breakdown``), predicted/measured output variance
     full/approx: 1.03/1.01 at v = 1, 1.20/1.17 at v = 2, 3.0/2.9 at v = 4, ~140 at v = 9; the
     gradient variance is worse (1.08 at v = 1, 1.38 at v = 2, 4.6 at v = 4). The heavy-tailed
-    normaliser is then dominated by a few logits, which no log-normal closure captures.
+    normaliser is then dominated by a few logits, which no log-normal closure captures. With
+    ``exact=True`` the forms therefore switch to the exact quadrature beyond v = 2 (Var = S_L/L - 1/L^2,
+    gradient variance (1 - r_g) sigma_g^2 J_L / L with the exact Jacobian mass; mixed linearly over
+    v in [2, 2.5]): within 6% of Monte Carlo for v = 2.56..20, L = 300 and 1000.
     """
 
     def __init__(self, seq_len: int, exact: bool = True) -> None:
