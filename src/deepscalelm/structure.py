@@ -44,7 +44,8 @@ from torch import nn
 from .errors import DSLMError
 
 __all__ = ["Structure", "Resolved", "Layer", "Site", "register", "resolve", "find_structure", "families",
-           "structure_for", "stacks_of", "registered", "own_structure", "LAYER_ROLES", "MODEL_ROLES", "HEAD_ROLES"]
+           "structure_for", "stacks_of", "detect", "registered", "own_structure", "LAYER_ROLES", "MODEL_ROLES",
+           "HEAD_ROLES"]
 
 #: roles inside one layer (paths relative to the layer)
 LAYER_ROLES = ("q", "k", "v", "qkv", "attn_out", "mlp_in", "mlp_gate", "mlp_out", "attn_norm", "mlp_norm")
@@ -390,9 +391,25 @@ def registered() -> list[Structure]:
     return out
 
 
+def detect(model: nn.Module) -> Resolved:
+    """``model`` resolved with its registered structure (`find_structure`); for a model the registry
+    does not know, with the first registered layout its module names fit (a nanoGPT-style model has
+    the GPT-2 layout). Raises `DSLMError` (supported families, how to register) when none fits."""
+    try:
+        found = find_structure(model)
+    except DSLMError as exc:
+        for st in registered():
+            try:
+                return resolve(model, st)
+            except DSLMError:
+                continue
+        raise exc from None
+    return resolve(model, found)
+
+
 def stacks_of(model: nn.Module) -> list[Resolved]:
-    """Resolved residual stacks of ``model``: `own_structure` for deepscalelm models, else the one
-    stack of its registered structure (`find_structure`; `DSLMError` when none is known)."""
+    """Resolved residual stacks of ``model``: `own_structure` for deepscalelm models (unless a
+    registration overrides them), else the one stack of `detect`."""
     if _is_ours(model) and not any(k in _BY_CLASS for cls in type(model).__mro__ for k in (cls, cls.__name__)):
         return own_structure(model)
-    return [resolve(model)]
+    return [detect(model)]

@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import DSLMError
-from ..structure import Resolved, Structure, _is_ours, find_structure, own_structure, registered, resolve, structure_for
+from ..structure import Resolved, Structure, _is_ours, detect, own_structure, registered, resolve, structure_for
 
 __all__ = ["StreamPoint", "AttentionSpec", "PRESETS", "resolve_targets", "match_names"]
 
@@ -223,20 +223,15 @@ def _preset(model: nn.Module, preset: str) -> tuple[list[StreamPoint], list[Atte
 
 
 def _auto(model: nn.Module) -> tuple[tuple[list[StreamPoint], list[AttentionSpec]] | None, str]:
-    """Targets from the model's own registry entry, else from the first registered layout that fits."""
+    """Targets from the registry (`deepscalelm.structure.detect`): the model's own entry, else the
+    first registered layout that fits; (None, "custom") when none does."""
     if _is_ours(model):
         return _ours(model), "dslm"
-    tried: list[str] = []
     try:
-        tried.append(find_structure(model).family)
+        res = detect(model)
     except DSLMError:
-        pass
-    tried += [st.family for st in registered() if st.family not in tried]
-    for name in tried:
-        found = _preset(model, name)
-        if found is not None:
-            return found, name
-    return None, "custom"
+        return None, "custom"
+    return _foreign(model, res, res.structure.family), res.structure.family
 
 
 def _check_preset(preset: str | None) -> None:
@@ -255,7 +250,8 @@ def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None
     model's own registry entry (by registration, class or ``config.model_type``), else the first
     registered layout that fits (gpt2, bert, roberta, llama, ...); the preset used is that family.
     ``attention``: module names/globs of attention modules (q/k children found by name, see
-    `AttentionSpec`), explicit `AttentionSpec`s, or None (the preset's; none for custom streams). ``causal`` applies to named attention modules.
+    `AttentionSpec`), explicit `AttentionSpec`s, or None (the preset's; none for custom streams).
+    ``causal`` applies to named attention modules.
     """
     _check_preset(preset)
     used = "custom"
