@@ -258,3 +258,35 @@ def test_own_models_measure_and_check_read_the_same_sites(arch):
     assert [(r.var, r.corr) for r in traj] == [(r["var"], r["corr"]) for r in rep.rows]
     assert [n for n, _ in residual_layers(model)] == [layer.name for res in structure.stacks_of(model)
                                                       for layer in res.layers]
+
+
+# ------------------------------------------------------------------- Hugging Face families from the registry
+def _hf(name: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=64,
+                  max_position_embeddings=32, attn_implementation="eager")
+    if name == "roberta":
+        return transformers.RobertaForMaskedLM(transformers.RobertaConfig(**common, pad_token_id=1)).eval()
+    if name == "mistral":
+        return transformers.MistralForCausalLM(transformers.MistralConfig(**common, num_key_value_heads=2)).eval()
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, num_key_value_heads=2)).eval()
+
+
+@pytest.mark.parametrize("name", ["roberta", "mistral", "qwen2"])
+def test_hf_families_beyond_the_old_presets(name):
+    model = _hf(name)
+    ids = torch.randint(2, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    rep = check(model, ids, protocol="paper")
+    base = "roberta.encoder.layer" if name == "roberta" else "model.layers"
+    assert rep.meta["preset"] == name
+    assert [r["name"] for r in rep.rows] == [f"{base}.0", f"{base}.1"] + ([] if name == "roberta" else ["model.norm"])
+    with torch.no_grad():
+        probs = model(ids, output_attentions=True).attentions
+    for entry, p in zip(rep.attention, probs, strict=True):  # rotary (Mistral, Qwen2) and GQA from the registry
+        p = p.double()
+        want = (-(p * torch.log(p.clamp_min(1e-300))).sum(-1)).mean(dim=(0, 2))
+        assert entry["entropy"] == pytest.approx(want.tolist(), rel=1e-4)
+    traj = deepscalelm.measure(model, ids)
+    assert [r.var for r in traj] == [r["var"] for r in rep.rows] and traj.meta["family"] == name
+    assert [n for n, _ in residual_layers(model)] == [f"{base}.0", f"{base}.1"]
