@@ -29,7 +29,8 @@ Describe any other model in a few lines (a nanoGPT-style model)::
     deepscalelm.register(GPT, blocks="transformer.h", qkv="attn.c_attn", attn_out="attn.c_proj",
                          mlp_in="mlp.c_fc", mlp_out="mlp.c_proj", attn_norm="ln_1", mlp_norm="ln_2",
                          tok_emb="transformer.wte", pos_emb="transformer.wpe",
-                         final_norm="transformer.ln_f", head="lm_head", norm="pre")
+                         final_norm="transformer.ln_f", head="lm_head", norm="pre",
+                         stream_in="transformer.drop")
 """
 
 from __future__ import annotations
