@@ -232,6 +232,8 @@ def check_softmax(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 
 def _attention_mc(pt: dict, gen: Any, dtype: Any, causal: bool, cross: bool = False) -> dict:
+    """Monte Carlo of one attention head; ``pt["rope_base"]`` (when given) rotates q and k by the
+    models' rotary positions (`deepscalelm.models.components.apply_rope`, positions 0..L-1)."""
     torch = _torch()
     runs, L, di, dk = pt["runs"], pt["L"], pt["d_in"], pt["d_k"]
     lq = pt.get("L_q", L) if cross else L
@@ -245,6 +247,11 @@ def _attention_mc(pt: dict, gen: Any, dtype: Any, causal: bool, cross: bool = Fa
     wk = _weights(runs, di, dk, sq, gen, dtype)
     wv = _weights(runs, di, dk, pt["mv"] / math.sqrt(di), gen, dtype)
     q, k, v = torch.bmm(x, wq), torch.bmm(z, wk), torch.bmm(z, wv)
+    if pt.get("rope_base") is not None:
+        from ..models.components import apply_rope, rope_tables
+        cos, sin = rope_tables(L, dk, pt["rope_base"], dtype=dtype)
+        q = apply_rope(q[:, :, None, :], cos, sin)[:, :, 0, :]
+        k = apply_rope(k[:, :, None, :], cos, sin)[:, :, 0, :]
     s = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(dk)
     if causal:
         mask = torch.ones(L, L, dtype=torch.bool).triu(1)
