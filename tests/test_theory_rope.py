@@ -150,12 +150,48 @@ def test_predict_accepts_rope(arch):
     cfg = ModelConfig(arch=arch, n_layers=3, d_model=64, n_heads=4, seq_len=32, position="rope", rope_base=500.0)
     t = predict(cfg, "xavier")
     learned = predict(ModelConfig(arch=arch, n_layers=3, d_model=64, n_heads=4, seq_len=32), "xavier")
-    assert t.meta["backward"] == "pooled"
+    assert t.meta["backward"] == ("pooled" if arch == "encoder" else "positional")
     assert all(math.isfinite(r.grad_var) and r.grad_var > 0 for r in t.records)
     assert t.records[0].grad_var != learned.records[0].grad_var
     # rope_base reaches the heads
     other = predict(ModelConfig(arch=arch, n_layers=3, d_model=64, n_heads=4, seq_len=32, position="rope"), "xavier")
     assert other.records[0].grad_var != t.records[0].grad_var
-    if arch != "encoder":
-        with pytest.raises(ValueError, match="positional=True is not available with position='rope'"):
-            predict(cfg, "xavier", positional=True)
+    if arch != "encoder":   # the pooled causal backward has the rotary formulas too
+        pooled = predict(cfg, "xavier", positional=False)
+        assert pooled.meta["backward"] == "pooled"
+        assert pooled.records[0].grad_var == pytest.approx(t.records[0].grad_var, rel=0.5)
+
+
+@pytest.mark.parametrize("r,rg", [(0.0, 0.3), (0.5, 0.3), (0.85, 0.0)])
+def test_positional_rope_attention_pools_to_the_head_formulas(r, rg):
+    """For an exchangeable input and gradient the position-resolved causal block (rotary pair kernel
+    per query pair) pools to the pooled rotary formulas (pair means of the kernel); they differ
+    only at second order in the pair fluctuations of kappa."""
+    np = pytest.importorskip("numpy")
+    from deepscalelm.theory import positional as P
+
+    L = 48
+    blk = AttentionBlock(64, 4, L, 1 / 64, 1 / 64, 1 / 64, 1 / 64, causal=True, rope=True)
+    x, g = Signal(0.0, 1.0, r), Grad(1.0, rg)
+    pg = P.pooled(P._attention_backward(blk, x, P.exchangeable(g, L)))
+    b = blk.backward(x, g)
+    assert pg.var == pytest.approx(b.var, rel=0.015)
+    assert pg.corr == pytest.approx(b.corr, abs=0.006)
+    K = P.attention_forward(blk, P._exchangeable_cov(x, L))
+    f = blk.forward(x)
+    assert float(np.mean(np.diag(K))) == pytest.approx(f.var, rel=1e-3)
+    assert float((K.sum() - np.trace(K)) / (L * (L - 1))) == pytest.approx(f.cov, rel=1e-3, abs=1e-6)
+
+
+def test_rope_pair_matrices_average_to_the_pooled_pair_means():
+    g = rope_geometry(16, 10000.0, 24)
+    kc, dd, cf, co = g.pair_matrices()
+    L = 24
+    w = sum((1 - 1 / min(i, k)) / (i * k) for i in range(1, L + 1) for k in range(1, L + 1) if i != k)
+    wc = sum((1 - 1 / min(i, k)) / (i * k) * kc[i - 1, k - 1] for i in range(1, L + 1) for k in range(1, L + 1)
+             if i != k)
+    wd = sum((1 - 1 / min(i, k)) / (i * k) * dd[i - 1, k - 1] for i in range(1, L + 1) for k in range(1, L + 1)
+             if i != k)
+    assert wc / w == pytest.approx(g.ca_c, abs=1e-12)
+    assert wd / w == pytest.approx(g.ca_d, abs=1e-12)
+    assert list(cf) == g.c_full[1:] and list(co) == g.c_off[1:]

@@ -345,9 +345,8 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
     measurement for causal Post-LN baselines, cost O(n_layers * L^2)); False gives the pooled
     backward pass (cost O(n_layers)); None (default) chooses positional when
     n_layers * seq_len^2 <= `POSITIONAL_BUDGET` (about half a second), pooled beyond.
-    ``trajectory.meta["backward"]`` records which one ran. With ``config.position == "rope"`` causal
-    stacks always take the pooled backward (the position-resolved one has no rotary positions; True
-    is refused), whose attention formulas include the rotation (docs/rope.md).
+    ``trajectory.meta["backward"]`` records which one ran. Both include rotary positions
+    (``config.position == "rope"``, docs/rope.md).
     """
     # The engine allocates ~10^5 short-lived, acyclic records per 1000 layers. With the cyclic
     # garbage collector running, that triggers ~150 collections, some of them full scans of the
@@ -388,12 +387,6 @@ def _predict(config: ModelConfig, scheme: Scheme | str | None, seed: Grad,
         fwd.append((stack, emb, steps, out, final))
         memory = final
 
-    if config.position == "rope" and any(c for _s, _n, c in stacks):
-        # the position-resolved causal backward (theory/positional.py) has no rotary positions yet
-        if positional:
-            raise ValueError("positional=True is not available with position='rope' in causal stacks "
-                             "(allowed: None or False, the pooled backward with the rotary formulas)")
-        positional = False
     if positional is None:
         positional = max(n for _s, n, _c in stacks) * config.seq_len ** 2 <= POSITIONAL_BUDGET
     records: list[Record] = []

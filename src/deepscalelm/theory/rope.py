@@ -125,6 +125,35 @@ class RopeGeometry:
         return csum / wsum, dsum / wsum
 
 
+    def pair_matrices(self):
+        """(Kc, D, c_full, c_off) as numpy arrays for the position-resolved causal engine
+        (`deepscalelm.theory.positional`), positions 1..L: Kc[i, k] = c(i - k);
+        D[i, k] = (c(i - k) - m_ik) / (1 - 1/min(i, k)) with m over the common window 1..min(i, k)
+        (0 where min = 1 and on the diagonal); c_full, c_off per window n = 1..L. Memoised."""
+        hit = getattr(self, "_pairs", None)
+        if hit is not None:
+            return hit
+        import numpy as np
+
+        L = self.seq_len
+        th = np.asarray(_thetas(self.d_head, self.base))
+        P = len(th)
+        kern = np.asarray(self.kernel)
+        idx = np.arange(L)
+        Kc = kern[np.abs(idx[:, None] - idx[None, :])]
+        D = np.zeros((L, L))
+        for i in range(2, L):                # 1-based min position i, partners k = i+1..L
+            dl = np.arange(1, L - i + 1)
+            f2 = np.array([_f2(t, i) for t in th])
+            m = np.cos(np.outer(dl, th)) @ f2 / (P * i * i)
+            row = (kern[dl] - m) / (1.0 - 1.0 / i)
+            D[i - 1, i:] = row
+            D[i:, i - 1] = row
+        out = (Kc, D, np.asarray(self.c_full[1:]), np.asarray(self.c_off[1:]))
+        self._pairs = out
+        return out
+
+
 @lru_cache(maxsize=256)
 def rope_geometry(d_head: int, base: float, seq_len: int) -> RopeGeometry:
     """Memoised `RopeGeometry`."""
