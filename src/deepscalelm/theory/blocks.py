@@ -167,8 +167,9 @@ class AttentionBlock:
 
     Heads have independent weights, so their contributions to the input gradient add: H times one
     head's variance and covariance. ``rope`` (base ``rope_base``) rotates every head's q and k by
-    rotary positions (`Attention`, docs/rope.md; self-attention only). ``kv`` (cross-attention) gives the moments of the key/value stream;
-    then `backward` is the gradient at the query input and `backward_kv` the one at the key/value input.
+    rotary positions (`Attention`, docs/rope.md; self-attention only). ``kv`` (cross-attention) gives
+    the moments of the key/value stream; then `backward` is the gradient at the query input and
+    `backward_kv` the one at the key/value input.
     """
 
     d_model: int

@@ -190,7 +190,7 @@ class _Win:
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
 
 
-def _rho1(w: "_Win", mx: np.ndarray) -> np.ndarray:
+def _rho1(w: _Win, mx: np.ndarray) -> np.ndarray:
     """e^{kappa_ik} - 1 per query pair: kappa = C_ik v_max without rotation; with rotary positions
     C_ik sigma_s^2 [(1 - r_max) c(i - k) + r_max D_ik] (docs/rope.md §3)."""
     if w.rope is None:
