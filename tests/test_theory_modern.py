@@ -191,8 +191,7 @@ def test_gated_ffn_monte_carlo(name, m1, rx, p):
 
 # ------------------------------------------------------------------------- predict and schemes
 def test_predict_refuses_uncovered_fields():
-    for kw, msg in ((dict(position="rope"), "position='rope' is not covered by the theory yet"),
-                    (dict(position="none"), "position='none' is not covered"),
+    for kw, msg in ((dict(position="none"), "position='none' is not covered"),
                     (dict(n_heads=4, n_kv_heads=2), "n_kv_heads=2"),
                     (dict(qk_norm="rmsnorm"), "qk_norm='rmsnorm' is not covered")):
         with pytest.raises(ValueError, match=msg):

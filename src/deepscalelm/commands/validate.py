@@ -76,7 +76,8 @@ def register(subparsers: Any) -> None:
                     "gradient moments and print the percentile errors of the closed forms.")
     p.add_argument("--component", default="all",
                    help="component name or 'all' (linear, dropout, relu, gelu, silu, layernorm, rmsnorm, "
-                        "ffn_swiglu, ffn_geglu, softmax, attention, attention_causal, cross_attention, "
+                        "ffn_swiglu, ffn_geglu, softmax, attention, attention_causal, attention_rope, "
+                        "attention_rope_causal, cross_attention, "
                         "embedding)")
     p.add_argument("--quick", action="store_true",
                    help="reduced grids (under 2 minutes for all components on 2 cores)")

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
+from .rope import rope_geometry
 from .softmax_quad import (
     CLOSURE_MAX_VAR,
     CLOSURE_VALID_VAR,
@@ -528,6 +529,40 @@ class Softmax:
         return Grad(var, -1.0 / (L - 1))
 
 
+class _RopeWindows:
+    """Softmax masses of every causal window (or of the one bidirectional window) under rotary
+    positions: window n sees logits of effective variance v_n = (1 - r c_off(n)) sigma_s^2
+    (docs/rope.md §2), so every window has its own S_n, C_n, J_n. Field names as `_SqMassTable`,
+    plus the rotary sums the rope formulas need (all dimensionless):
+
+    * ``sum_jq`` = sum_n (1 - r c_off(n)) J_n (Q path: the rotated shared key part no longer drops out);
+    * ``sum_coh`` = sum_n c_full(n) (1 - S_n)^2 (coherent Q-path term, shrunk by the rotation);
+    * ``sum_cpl`` = sum_n (1 - 1/n) c_full(n) (key-side logit coupling of the forward pass).
+
+    Bidirectional heads store the same sums for the single window n = L (``s``, ``j`` its masses).
+    """
+
+    __slots__ = ("sum_s", "sum_s_n", "sum_j", "sum_jq", "sum_coh", "sum_cpl", "s", "j")
+
+    def __init__(self, geo, ss: float, r: float, causal: bool) -> None:
+        L = geo.seq_len
+        a1 = a2 = aj = ajq = acoh = acpl = 0.0
+        s = j = 1.0
+        for n in (range(1, L + 1) if causal else (L,)):
+            c_off, c_full = geo.c_off[n], geo.c_full[n]
+            s, c = _full_masses(n, (1.0 - r * c_off) * ss) if n > 1 else (1.0, 1.0)
+            j = jac_mass(s, c)
+            a1 += s
+            a2 += s / n
+            aj += j
+            ajq += (1.0 - r * c_off) * j
+            acoh += c_full * (1.0 - s) ** 2
+            acpl += (1.0 - 1.0 / n) * c_full
+        self.sum_s, self.sum_s_n, self.sum_j, self.sum_jq = a1, a2, aj, ajq
+        self.sum_coh, self.sum_cpl = acoh, acpl
+        self.s, self.j = s, j
+
+
 class Attention:
     """One scaled dot-product attention head (the paper's Table 1, attention), output A V before the output projection.
 
@@ -554,7 +589,8 @@ class Attention:
 
     def __init__(self, d_model: int, d_head: int, seq_len: int, q_var: float, k_var: float,
                  v_var: float, attn_dropout: float = 0.0, causal: bool = False, *,
-                 exact: bool = True, qk_grad: bool = True, q_len: int | None = None) -> None:
+                 exact: bool = True, qk_grad: bool = True, q_len: int | None = None,
+                 rope: bool = False, rope_base: float = 10000.0) -> None:
         _check_int("d_model", d_model, 1)
         _check_int("d_head", d_head, 1)
         _check_int("seq_len", seq_len, 1 if causal else 2)
@@ -574,6 +610,17 @@ class Attention:
         self.qk_grad = bool(qk_grad)
         self.q_len = seq_len if q_len is None else q_len
         self._harm, self._sum_t2, self._pk, self._pkk = _position_sums(seq_len)
+        if not isinstance(rope, bool):
+            raise ValueError(f"rope must be True or False, got {rope!r}")
+        self.rope = rope
+        self.rope_base = float(rope_base) if isinstance(rope_base, (int, float)) else rope_base
+        self._geo = None
+        if rope:
+            if not self.exact:
+                raise ValueError("rope=True needs exact=True (the paper's large-L form has no rotary positions)")
+            if q_len is not None and q_len != seq_len:
+                raise ValueError("rope=True is for self-attention: q_len must equal seq_len")
+            self._geo = rope_geometry(d_head, rope_base, seq_len)   # validates d_head even, base > 1
 
     # ----------------------------------------------------------------------------- helpers
     def _table(self, v: float) -> "_SqMassTable | _MassSums":
@@ -652,7 +699,13 @@ class Attention:
         used, which the backward pass of the same input needs again (`_backward_ctx`)."""
         if kv is not None and self.causal:
             raise ValueError("causal must be False for cross-attention (kv given)")
+        if kv is not None and self.rope:
+            raise ValueError("rope must be False for cross-attention (kv given)")
         m = self._moments(x, kv)
+        if self.rope:
+            tab = self._rope_table(m)
+            var, cov = self._rope_forward(m, tab)
+            return var, cov, m, tab
         tab = self._table(m[5]) if self.causal and self.exact else None
         var, cov = self._forward_from(m, tab, kv)
         return var, cov, m, tab
@@ -738,6 +791,8 @@ class Attention:
         if kv is not None:
             if self.causal:
                 raise ValueError("causal must be False for cross-attention (kv given)")
+            if self.rope:
+                raise ValueError("rope must be False for cross-attention (kv given)")
             if not self.qk_grad:
                 return _grad(0.0, 0.0)
             qv, qc = self._q_path(x, g, kv)
@@ -747,6 +802,8 @@ class Attention:
     def _backward_ctx(self, x: Signal, g: Grad, m: tuple, tab) -> Grad:
         """Self-attention `backward` given the input moments ``m`` (`_moments`) and, if known, the
         causal window sums ``tab`` at its effective logit variance: the three paths share them."""
+        if self.rope:
+            return self._grad(*self._rope_backward(m, g, tab))
         if tab is None and self.causal and (self.exact or self.qk_grad):
             tab = self._table(m[5])
         vv, vc = self._value_path(x, g, None, m, tab)
@@ -760,6 +817,8 @@ class Attention:
         """Gradient moments at the key/value input of a cross-attention head (value + K path)."""
         if self.causal:
             raise ValueError("causal must be False for cross-attention (kv given)")
+        if self.rope:
+            raise ValueError("rope must be False for cross-attention (kv given)")
         if kv is None:
             raise ValueError("kv must be a Signal for backward_kv")
         vv, vc = self._value_path(x, g, kv)
@@ -853,3 +912,77 @@ class Attention:
         rho = 1.0 + rho1 * f
         var = (a - rk) * self._jac_mass(v) * lq / L + rho * rx * rg * (1.0 - rk) * f * lq * (lq - 1) / L ** 2
         return scale * var, 0.0
+
+    # ----------------------------------------------------------------------------- rotary positions
+    def _rope_table(self, m: tuple) -> _RopeWindows:
+        """Window masses under rotary positions for the input moments ``m`` (`_moments`)."""
+        return _RopeWindows(self._geo, m[4], m[3], self.causal)
+
+    def _rope_rho1(self, m: tuple) -> float:
+        """e^{kappa sigma_s^2} - 1: the correlated-attention excess of two different queries on a common
+        key (docs/rope.md §3). Without rotation kappa = r (1 - r), i.e. e^{r v} - 1 as in `_value_path`."""
+        s2x, rx, s2k, rk, ss, v = m
+        geo = self._geo
+        c, dd = (geo.ca_c, geo.ca_d) if self.causal else (geo.bi_c, geo.bi_d)
+        return _exp((rx * (1.0 - rk) * c + rx * rk * dd) * ss) - 1.0
+
+    def _rope_forward(self, m: tuple, tab: _RopeWindows) -> tuple[float, float]:
+        """(variance, covariance) / (d_model v_var) of the head output under rotary positions."""
+        s2x, rx, s2k, rk, ss, v = m
+        d, L = self.d_model, self.seq_len
+        a = 1.0 / (1.0 - self.attn_dropout)
+        c2 = (1.0 - rk) ** 2 * d * self.q_var * self.k_var * s2x * s2k * s2k
+        rho1 = self._rope_rho1(m)
+        if not self.causal:
+            s, f, cf = tab.s, 1.0 - 1.0 / L, self._geo.c_full[L]
+            var = rk * s2k + s2k * s * (a - rk) + c2 * f * (cf + 4.0 * a * s)
+            cov = rk * s2k + ((1 - rk) * s2k * (1.0 + rho1 * f) + 2 * c2 * cf) / L
+            return var, cov
+        var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
+               + c2 * (tab.sum_cpl + 4.0 * a * (tab.sum_s - tab.sum_s_n)) / L)
+        if L == 1:
+            return var, rk * s2k
+        npair = L * (L - 1)
+        pair = 2.0 * (L - self._harm) / npair
+        own = pair + rho1 * self._pk / npair
+        cov = rk * s2k + (1 - rk) * s2k * own + 2 * c2 * pair * tab.sum_cpl / (L - self._harm)
+        return var, cov
+
+    def _rope_backward(self, m: tuple, g: Grad, tab: _RopeWindows | None) -> tuple[float, float]:
+        """(variance, covariance) of the input gradient under rotary positions: value path, plus the
+        Q and K paths when ``qk_grad`` (docs/rope.md §4)."""
+        tab = self._rope_table(m) if tab is None else tab
+        s2x, rx, s2k, rk, ss, v = m
+        d, L, geo = self.d_model, self.seq_len, self._geo
+        a = 1.0 / (1.0 - self.attn_dropout)
+        rg = g.corr
+        unit = self.d_head * self.v_var * g.var
+        rho1 = self._rope_rho1(m)
+        f = 1.0 - 1.0 / L
+        # value path (docs/causal_attention.md §4 with the rotary rho)
+        if self.causal:
+            diag = self._sum_t2 - self._harm + rho1 * self._pk
+            vv = (a * tab.sum_s + rg * diag) / L
+            vc = ((L - tab.sum_s) + rg * (L * (L - 1) - diag)) / (L * (L - 1)) if L > 1 else 0.0
+        else:
+            rho = 1.0 + rho1 * f
+            vv = a * tab.s + rg * rho * f
+            vc = (1.0 - tab.s) / (L - 1) + rg * (L - rho) / L
+        var, cov = unit * vv, unit * vc
+        if not self.qk_grad:
+            return var, cov
+        skv = d * d * self.q_var * self.k_var * s2k * s2k
+        coh0 = (1.0 - rk) ** 2 / d
+        if self.causal:
+            qv = (a - rk) * tab.sum_jq / L + coh0 * tab.sum_coh / L
+            qc = (1.0 - rk) ** 2 * rg * geo.ca_c * self._pk / (L * (L - 1)) if L > 1 else 0.0
+            qc += rg * coh0 * tab.sum_coh / L
+            kv_ = ((a - rk) * tab.sum_j + rx * rg * (1.0 - rk) * geo.ca_c * (self._pk + rho1 * self._pkk)) / L
+        else:
+            cf = geo.c_full[L]
+            qv = (a - rk) * (1.0 - rk * geo.c_off[L]) * tab.j + coh0 * cf * (1.0 - tab.s) ** 2
+            qc = (1.0 - rk) ** 2 * rg * geo.bi_c * f / L + rg * coh0 * cf * (1.0 - tab.s) ** 2
+            kv_ = (a - rk) * tab.j + (1.0 + rho1 * f) * rx * rg * (1.0 - rk) * geo.bi_c * f * f
+        var += unit * (skv * qv + ss * kv_)
+        cov += unit * skv * qc
+        return var, cov

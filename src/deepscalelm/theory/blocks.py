@@ -166,8 +166,10 @@ class AttentionBlock:
     -> Dropout(p).
 
     Heads have independent weights, so their contributions to the input gradient add: H times one
-    head's variance and covariance. ``kv`` (cross-attention) gives the moments of the key/value stream;
-    then `backward` is the gradient at the query input and `backward_kv` the one at the key/value input.
+    head's variance and covariance. ``rope`` (base ``rope_base``) rotates every head's q and k by
+    rotary positions (`Attention`, docs/rope.md; self-attention only). ``kv`` (cross-attention) gives
+    the moments of the key/value stream; then `backward` is the gradient at the query input and
+    `backward_kv` the one at the key/value input.
     """
 
     d_model: int
@@ -181,6 +183,8 @@ class AttentionBlock:
     dropout: float = 0.0
     causal: bool = False
     kv_len: int | None = None
+    rope: bool = False
+    rope_base: float = 10000.0
     _head: object = field(init=False, repr=False, compare=False)
     _proj: Linear = field(init=False, repr=False, compare=False)
     _drop: Dropout = field(init=False, repr=False, compare=False)
@@ -194,12 +198,12 @@ class AttentionBlock:
         head = Attention(self.d_model, self.d_model // self.n_heads,
                          self.seq_len if self.kv_len is None else self.kv_len,
                          self.q_var, self.k_var, self.v_var, attn_dropout=self.attn_dropout,
-                         causal=self.causal, q_len=self.seq_len)
+                         causal=self.causal, q_len=self.seq_len, rope=self.rope, rope_base=self.rope_base)
         object.__setattr__(self, "_head", head)
         # what the head's v_var-free moments depend on (see head_output)
         object.__setattr__(self, "_head_key", (self.d_model, self.n_heads, head.seq_len, head.q_len,
                                                head.q_var, head.k_var, head.attn_dropout, head.causal,
-                                               head.exact))
+                                               head.exact, head.rope, head.rope_base))
         object.__setattr__(self, "_proj", Linear(self.d_model, self.d_model, self.o_var))
         object.__setattr__(self, "_drop", Dropout(self.dropout))
 

@@ -62,7 +62,7 @@ class _UnitVOSchedule:
         c, wv = self.config, self.weight_var
         return _attention_block(c.d_model, c.n_heads, c.seq_len, wv(name + ".q.weight"),
                                 wv(name + ".k.weight"), 1.0, 1.0, c.attn_dropout, c.dropout,
-                                causal and block == "attn")
+                                causal and block == "attn", *_rope_args(c, block))
 
     def choose(self, name: str, var1: float) -> float:
         s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / self.config.d_model
@@ -109,8 +109,9 @@ def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
         parts = [tok, Signal(0.0, wv["pos_emb.weight"], 0.0)]
     else:
         parts = [Embedding(config.vocab_size, wv[f"{stack}tok_emb.weight"],
-                           config.token_repeat_prob, config.seq_len).forward(),
-                 Signal(0.0, wv[f"{stack}pos_emb.weight"], 0.0)]
+                           config.token_repeat_prob, config.seq_len).forward()]
+        if config.position == "learned":   # rotary positions add no embedding
+            parts.append(Signal(0.0, wv[f"{stack}pos_emb.weight"], 0.0))
         if f"{stack}type_emb.weight" in wv:
             parts.append(Signal(0.0, wv[f"{stack}type_emb.weight"], 1.0))
     total = sum_signals(parts)
@@ -137,15 +138,21 @@ def _norm_bwd(norm: LayerNorm | RMSNorm) -> Callable[[Signal, float, float], tup
     return lambda x, gv, gc: bwd(x.var, gv, gc)
 
 
+def _rope_args(config: ModelConfig, block: str) -> tuple[bool, float]:
+    """(rope, rope_base) of an attention block: rotary positions act in self-attention only (the
+    models leave cross-attention unrotated)."""
+    return config.position == "rope" and block == "attn", float(config.rope_base)
+
+
 def check_covered(config: ModelConfig) -> None:
     """Raise ValueError naming the first field of ``config`` whose setting the theory does not model.
 
     RoPE / no positions, grouped-query attention and QK-norm change the attention moments; until
     their formulas exist `predict` refuses them instead of silently treating them as the default.
     """
-    if config.position != "learned":
+    if config.position not in ("learned", "rope"):
         raise ValueError(f"position={config.position!r} is not covered by the theory yet "
-                         f"(covered: 'learned')")
+                         f"(covered: 'learned', 'rope')")
     if config.kv_heads != config.n_heads:
         raise ValueError(f"n_kv_heads={config.n_kv_heads!r} (grouped-query attention, n_heads="
                          f"{config.n_heads}) is not covered by the theory yet (covered: None or n_heads)")
@@ -156,10 +163,11 @@ def check_covered(config: ModelConfig) -> None:
 @lru_cache(maxsize=4096)
 def _attention_block(d_model: int, n_heads: int, seq_len: int, q_var: float, k_var: float,
                      v_var: float, o_var: float, attn_dropout: float, dropout: float,
-                     causal: bool) -> AttentionBlock:
+                     causal: bool, rope: bool = False, rope_base: float = 10000.0) -> AttentionBlock:
     # positional arguments only: a cheaper cache key than keywords
     return AttentionBlock(d_model, n_heads, seq_len, q_var, k_var, v_var, o_var,
-                          attn_dropout=attn_dropout, dropout=dropout, causal=causal)
+                          attn_dropout=attn_dropout, dropout=dropout, causal=causal, rope=rope,
+                          rope_base=rope_base)
 
 
 def post_ln_forward(ln: LayerNorm, z: Signal, share: float) -> Signal:
@@ -191,7 +199,8 @@ def _make_block(config: ModelConfig, wv: Callable[[str], float], name: str, bloc
                           wv(name + ".fc2.weight"), config.activation, config.dropout)
     return _attention_block(config.d_model, config.n_heads, config.seq_len, wv(name + ".q.weight"),
                             wv(name + ".k.weight"), wv(name + ".v.weight"), wv(name + ".o.weight"),
-                            config.attn_dropout, config.dropout, causal and block == "attn")
+                            config.attn_dropout, config.dropout, causal and block == "attn",
+                            *_rope_args(config, block))
 
 
 def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
@@ -242,7 +251,7 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                 # the block with V = O = s: the unit-V/O block with those two variances replaced
                 comp = _attention_block(d, n_heads, seq_len, weight_var(name + ".q.weight"),
                                         weight_var(name + ".k.weight"), 1.0, 1.0, attn_p, p,
-                                        causal and block == "attn")._with_vo(s, s)
+                                        causal and block == "attn", *_rope_args(config, block))._with_vo(s, s)
                 f, trace = comp._trace(h, kv)
             elif block == "ffn":
                 # the FFN map depends on the name only through its two weight variances
@@ -370,7 +379,8 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
     measurement for causal Post-LN baselines, cost O(n_layers * L^2)); False gives the pooled
     backward pass (cost O(n_layers)); None (default) chooses positional when
     n_layers * seq_len^2 <= `POSITIONAL_BUDGET` (about half a second), pooled beyond.
-    ``trajectory.meta["backward"]`` records which one ran.
+    ``trajectory.meta["backward"]`` records which one ran. Both include rotary positions
+    (``config.position == "rope"``, docs/rope.md).
     """
     # The engine allocates ~10^5 short-lived, acyclic records per 1000 layers. With the cyclic
     # garbage collector running, that triggers ~150 collections, some of them full scans of the

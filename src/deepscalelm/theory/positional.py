@@ -36,6 +36,11 @@ gradient (tested). The sums over queries are suffix sums (2-D for the cross-quer
 costs O(L^2) numpy operations. The forward covariance uses the same pair moments:
 Cov(y_i, y_k) = d sigma_v^2 [sum_{j<=i, l<=k} K_jl/(i k) + (rho_ik - 1)(1 - 1/min)(1 - r) s^2/max
 + 2 c2/max]; FFN blocks map each pair's correlation with the pooled FFN formula (tabulated).
+
+Rotary positions (docs/rope.md): window n uses v_n = (1 - r_n c_off(n)) sigma_s^2, a query pair
+rho_ik - 1 = e^{C_ik sigma_s^2 [(1 - r_max) c(i - k) + r_max D_ik]} - 1 with the rotary kernel c and
+the window centring D of `deepscalelm.theory.rope.RopeGeometry.pair_matrices`, and the Q/K-path and
+coupling terms carry the per-pair or per-window rotary factors of docs/rope.md §4.
 """
 
 from __future__ import annotations
@@ -112,11 +117,19 @@ def window_masses_var(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rho1(win: "_Win", geo: "_Geom") -> np.ndarray:
-    """rho_ik - 1 for every query pair (window of the later query): e^{C_ik v} - 1 within the closure's
-    range, `softmax_quad.pattern_corr_factor` (vectorised) where that window's v exceeds it."""
+    """rho_ik - 1 for every query pair (window of the later query): e^{kappa_ik} - 1 with kappa = C_ik v_max
+    without rotation, C_ik sigma_s^2 [(1 - r_max) c(i - k) + r_max D_ik] with rotary positions
+    (docs/rope.md §3); `softmax_quad.pattern_corr_factor` (vectorised) where that window's v exceeds the
+    closure's range."""
     mx = geo.maxidx
     vm = win.v[mx]
-    rho1 = np.expm1(np.minimum(win.C * vm, 700.0))
+    if win.rope is None:
+        kappa = win.C * vm
+    else:
+        kc, dd = win.rope[0], win.rope[1]
+        rM = win.r[mx]
+        kappa = win.C * win.ss * ((1.0 - rM) * kc + rM * dd)
+    rho1 = np.expm1(np.minimum(kappa, 700.0))
     if np.any(vm > CLOSURE_MAX_VAR):
         w = np.clip((vm - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
         ext = np.maximum(geo.n[mx] * win.S[mx], 1.0) ** win.C
@@ -194,7 +207,13 @@ class _Win:
         self.r = np.clip(r, -1.0, 1.0)
         d = head.d_model
         self.ss = d * d * head.q_var * head.k_var * self.s2 * self.s2
-        self.v = (1.0 - self.r) * self.ss
+        # rotary positions (docs/rope.md): window n sees the key correlation r_n c_off(n); the
+        # query-pair kernel Kc and centring D of the shared logit part enter rho (`rho1`)
+        self.rope = head._geo.pair_matrices() if getattr(head, "rope", False) else None
+        if self.rope is None:
+            self.v = (1.0 - self.r) * self.ss
+        else:
+            self.v = (1.0 - self.r * self.rope[3]) * self.ss
         self.S, self.Cm = window_masses_var(self.v)
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
         big = np.flatnonzero(self.v > CLOSURE_MAX_VAR)
@@ -223,7 +242,8 @@ def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndar
     t = d * head.q_var * head.k_var * s2 ** 3
     c2 = (1.0 - r) ** 2 * t
     n = geo.n
-    var = r * s2 + s2 * S * (a - r) + c2 * (1.0 - 1.0 / n) * (1.0 + 4.0 * a * S)
+    cf = 1.0 if w.rope is None else w.rope[2]               # rotated keys shrink the key-side coupling
+    var = r * s2 + s2 * S * (a - r) + c2 * (1.0 - 1.0 / n) * (cf + 4.0 * a * S)
     big = np.flatnonzero(w.v > CLOSURE_MAX_VAR)
     if big.size:   # beyond the closure's range: exact value-logit coupling (`Attention._var_coupled`)
         m = window_logit_mean_sq(n[big], w.v[big])
@@ -233,7 +253,8 @@ def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndar
     mx = geo.maxidx
     rho1 = _rho1(w, geo)
     out = _prefix2(K) * geo.inv_ik
-    out += (rho1 * geo.one_m * (1.0 - r[mx]) * s2 + 2.0 * c2[mx]) * geo.inv[mx]
+    c2m = c2[mx] if w.rope is None else c2[mx] * w.rope[2][mx]
+    out += (rho1 * geo.one_m * (1.0 - r[mx]) * s2 + 2.0 * c2m) * geo.inv[mx]
     out[np.diag_indices(L)] = np.maximum(var, 0.0)
     return out * ((d * head.v_var) * (d * comp.o_var))
 
@@ -307,19 +328,27 @@ def _attention_backward(comp, x, G: np.ndarray, win: "_Win | None" = None) -> np
     # same-key extras of query pairs (value path: rho excess; K path: coherent part); only the
     # diagonal of their 2-D suffix sums is needed
     y = base * rho1 * (geo.one_m + geo.eps_base)
-    y += (ss * base) * win.C * (1.0 - rM) * geo.one_m * (1.0 + rho1 * geo.one_m)
+    kc = 1.0 if win.rope is None else win.rope[0]        # rotary kernel c(i - k) of a query pair
+    y += (ss * base) * win.C * (1.0 - rM) * geo.one_m * (1.0 + rho1 * geo.one_m) * kc
 
     # ---- Q path (per query)
     coh = (1.0 - r) / d
     cq = ss * (1.0 - r) * base                            # per query
     one_s = 1.0 - s
     cqM = ss * base * (1.0 - rM) ** 2
-    out += w * (cqM * geo.over_max + (ss * base / d) * np.outer((1.0 - r) * one_s, (1.0 - r) * one_s))
+    if win.rope is None:
+        out += w * (cqM * geo.over_max + (ss * base / d) * np.outer((1.0 - r) * one_s, (1.0 - r) * one_s))
+        q_diag = cq * u * ((a - r) * jm + coh * one_s * one_s)
+    else:   # docs/rope.md §4: shared keys no longer drop out, coherent parts shrink with the rotation
+        cf, co = win.rope[2], win.rope[3]
+        h = (1.0 - r) * one_s * np.sqrt(cf)
+        out += w * (cqM * geo.over_max * kc + (ss * base / d) * np.outer(h, h))
+        q_diag = ss * base * u * ((1.0 - r * co) * (a - r) * jm + (1.0 - r) ** 2 / d * cf * one_s * one_s)
 
     # ---- diagonal: value path (same query; replaces the j != l term added above), extras, Q path,
     # K path (incoherent)
     diag = (base * (_suffix(a * s * inv * u) - so) + _diag_suffix2(wi * y)
-            + cq * u * ((a - r) * jm + coh * one_s * one_s)
+            + q_diag
             + ss * base * _suffix((a - r) * jm * inv * u))
     out[np.diag_indices(L)] += diag
     return comp.n_heads * out

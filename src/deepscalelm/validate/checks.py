@@ -232,6 +232,8 @@ def check_softmax(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 
 def _attention_mc(pt: dict, gen: Any, dtype: Any, causal: bool, cross: bool = False) -> dict:
+    """Monte Carlo of one attention head; ``pt["rope_base"]`` (when given) rotates q and k by the
+    models' rotary positions (`deepscalelm.models.components.apply_rope`, positions 0..L-1)."""
     torch = _torch()
     runs, L, di, dk = pt["runs"], pt["L"], pt["d_in"], pt["d_k"]
     lq = pt.get("L_q", L) if cross else L
@@ -245,6 +247,11 @@ def _attention_mc(pt: dict, gen: Any, dtype: Any, causal: bool, cross: bool = Fa
     wk = _weights(runs, di, dk, sq, gen, dtype)
     wv = _weights(runs, di, dk, pt["mv"] / math.sqrt(di), gen, dtype)
     q, k, v = torch.bmm(x, wq), torch.bmm(z, wk), torch.bmm(z, wv)
+    if pt.get("rope_base") is not None:
+        from ..models.components import apply_rope, rope_tables
+        cos, sin = rope_tables(L, dk, pt["rope_base"], dtype=dtype)
+        q = apply_rope(q[:, :, None, :], cos, sin)[:, :, 0, :]
+        k = apply_rope(k[:, :, None, :], cos, sin)[:, :, 0, :]
     s = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(dk)
     if causal:
         mask = torch.ones(L, L, dtype=torch.bool).triu(1)
@@ -293,6 +300,28 @@ def check_attention_causal(pt: dict, gen: Any, dtype: Any) -> list[Row]:
     return _check_attention(pt, gen, dtype, causal=True)
 
 
+def _check_attention_rope(pt: dict, gen: Any, dtype: Any, causal: bool) -> list[Row]:
+    """Rotary positions (``rope_base``) on q and k: our rope formulas (docs/rope.md), and as a
+    reference the same head without rotation ("[no rope]"), which ignores the positions."""
+    m = _attention_mc(pt, gen, dtype, causal)
+    xs = Signal(0.0, pt["sx"] ** 2, pt["rx"])
+    gs = Grad(pt["sg"] ** 2, pt["rg"])
+    ours = _attn_obj(pt, causal, rope=True, rope_base=pt["rope_base"])
+    plain = _attn_obj(pt, causal)
+    fp, bp = plain.forward(xs), plain.backward(xs, gs)
+    return (_std_rows("x", m["y"], ours.forward(xs)) + _std_rows("g", m["gx"], ours.backward(xs, gs))
+            + [("x var [no rope]", m["y"]["var"], fp.var, None),
+               ("g var [no rope]", m["gx"]["var"], bp.var, None)])
+
+
+def check_attention_rope(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_attention_rope(pt, gen, dtype, causal=False)
+
+
+def check_attention_rope_causal(pt: dict, gen: Any, dtype: Any) -> list[Row]:
+    return _check_attention_rope(pt, gen, dtype, causal=True)
+
+
 def check_cross_attention(pt: dict, gen: Any, dtype: Any) -> list[Row]:
     m = _attention_mc(pt, gen, dtype, causal=False, cross=True)
     xs = Signal(0.0, pt["sx"] ** 2, pt["rx"])
@@ -326,6 +355,7 @@ CHECKS: dict[str, Callable[[dict, Any, Any], list[Row]]] = {
     "ffn_swiglu": check_ffn_swiglu, "ffn_geglu": check_ffn_geglu, "softmax": check_softmax,
     "attention": check_attention,
     "attention_causal": check_attention_causal, "cross_attention": check_cross_attention,
+    "attention_rope": check_attention_rope, "attention_rope_causal": check_attention_rope_causal,
     "embedding": check_embedding,
 }
 
@@ -363,6 +393,10 @@ def authors_grid(name: str) -> list[dict]:
         return _product(sx=[1.0], rx=_R3, mv=_S3, mqk=[0.1, 0.2449, 0.6], p=_R3, sg=_S3, rg=_R3,
                         d_in=[100, 316, 1000], d_k=[32, 64, 128, 256], L=[300, 547, 1000],
                         runs=[64])
+    if name in ("attention_rope", "attention_rope_causal"):   # no authors' grid: a modest one
+        return _product(sx=[1.0], rx=[0.0, 0.3, 0.6, 0.9], mv=[1.0], mqk=[0.3, 0.6, 1.0], p=[0.0, 1 / 3],
+                        sg=[1.0], rg=[0.0, 0.5], d_in=[128], d_k=[16, 32, 64], L=[16, 64, 128],
+                        rope_base=[10000.0], runs=[256])
     if name == "cross_attention":
         return _product(sx=[1.0], skv=[0.5, 1.0, 2.0], rx=_R3, rkv=_R3, mv=_S3, mqk=[0.1, 0.6],
                         p=[0.0, 1 / 3], sg=[1.0], rg=_R3, d_in=[100, 316], d_k=[64], L=[300],
@@ -398,6 +432,10 @@ def quick_grid(name: str) -> list[dict]:
     if name in ("attention", "attention_causal"):
         return _product(sx=[1.0], rx=[0.0, 2 / 3], mv=[1.0], mqk=[0.2449, 1.0], p=[0.0, 1 / 3],
                         sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32], L=[16, 64], runs=[96])
+    if name in ("attention_rope", "attention_rope_causal"):
+        return _product(sx=[1.0], rx=[0.0, 0.8], mv=[1.0], mqk=[0.6, 1.0], p=[0.0, 1 / 3],
+                        sg=[1.0], rg=[0.0, 0.5], d_in=[128], d_k=[16, 64], L=[32], rope_base=[10000.0],
+                        runs=[128])
     if name == "cross_attention":
         return _product(sx=[1.0], skv=[0.5, 2.0], rx=[0.0, 2 / 3], rkv=[0.0, 2 / 3], mv=[1.0],
                         mqk=[0.6], p=[0.0], sg=[1.0], rg=[0.0, 2 / 3], d_in=[128], d_k=[32],
@@ -476,6 +514,14 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
                       mqk=rng.uniform(0.1, 1.0), p=rng.uniform(0, 2 / 3), rg=rng.uniform(0, 2 / 3),
                       d_in=rng.randint(64, 256), d_k=rng.choice([32, 64]),
                       L=rng.choice([16, 32, 64, 128]), runs=96)
+        elif name in ("attention_rope", "attention_rope_causal"):
+            # input correlations up to 0.9: rotation matters through r (docs/rope.md); 256 runs
+            # keep the Monte-Carlo noise of the gradient variance near 1 %
+            pt = dict(base, sx=1.0, rx=rng.uniform(0, 0.9), mv=logu(0.3162, 3.1623),
+                      mqk=rng.uniform(0.1, 1.0), p=rng.uniform(0, 1 / 2), rg=rng.uniform(0, 2 / 3),
+                      d_in=rng.randint(64, 192), d_k=rng.choice([16, 32, 64]),
+                      L=rng.choice([16, 32, 64, 128]), rope_base=rng.choice([100.0, 10000.0, 500000.0]),
+                      runs=256)
         elif name == "cross_attention":
             pt = dict(base, sx=1.0, skv=logu(0.5, 2.0), rx=rng.uniform(0, 2 / 3),
                       rkv=rng.uniform(0, 2 / 3), mv=logu(0.3162, 3.1623), mqk=rng.uniform(0.1, 0.6),
