@@ -27,7 +27,6 @@ messages are in the JSONL file and logged as warnings by the ``deepscalelm`` log
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -37,27 +36,11 @@ except ImportError as exc:  # pragma: no cover - exercised without transformers 
     raise ImportError("deepscalelm.integrations.hf needs transformers: pip install 'deepscalelm[hf]'") from exc
 
 from ..diagnostics.telemetry import Telemetry
+from ._scalars import record_scalars
 
 __all__ = ["TelemetryCallback", "record_scalars"]
 
 log = logging.getLogger("deepscalelm")
-
-
-def record_scalars(record: dict[str, Any], prefix: str = "dslm/", per_layer: bool = True) -> dict[str, float]:
-    """The finite scalars of a `Telemetry` record for a metrics logger (see module docstring)."""
-    out: dict[str, float] = {}
-    layer_vars = []
-    for r in record["rows"]:
-        for key in ("var", "corr", "grad_var"):
-            v = r.get(key)
-            if per_layer and v is not None and math.isfinite(v):
-                out[f"{prefix}{key}/{r['name']}"] = float(v)
-        if r.get("block") == "layer" and r.get("var") is not None and math.isfinite(r["var"]) and r["var"] > 0:
-            layer_vars.append(r["var"])
-    if layer_vars:
-        out[f"{prefix}var_spread"] = max(layer_vars) / min(layer_vars)
-    out[f"{prefix}verdicts"] = float(len(record["verdicts"]))
-    return out
 
 
 def _check_every(every: Any) -> int:
