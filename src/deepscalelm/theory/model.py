@@ -104,8 +104,9 @@ def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
         parts = [tok, Signal(0.0, wv["pos_emb.weight"], 0.0)]
     else:
         parts = [Embedding(config.vocab_size, wv[f"{stack}tok_emb.weight"],
-                           config.token_repeat_prob, config.seq_len).forward(),
-                 Signal(0.0, wv[f"{stack}pos_emb.weight"], 0.0)]
+                           config.token_repeat_prob, config.seq_len).forward()]
+        if f"{stack}pos_emb.weight" in wv:  # learned positions (rotary ones add no table)
+            parts.append(Signal(0.0, wv[f"{stack}pos_emb.weight"], 0.0))
         if f"{stack}type_emb.weight" in wv:
             parts.append(Signal(0.0, wv[f"{stack}type_emb.weight"], 1.0))
     total = sum_signals(parts)
