@@ -277,7 +277,9 @@ def apply(model: nn.Module, scheme: str = "dslm", *, seed: int = 0, config: Mode
     """Re-initialise ``model`` from ``scheme`` and fold its residual scaling in; returns the model.
 
     * ``model``: a deepscalelm model, a Hugging Face model of a registered family (GPT-2, BERT,
-      RoBERTa) or any module described with `deepscalelm.register` (then pass ``config``).
+      RoBERTa, Llama, Mistral, Qwen2, Qwen3) or any module described with `deepscalelm.register`
+      (then pass ``config``). A gated MLP's gate, up and down projections get the scheme's fc1,
+      fc3 and fc2 variances.
     * ``scheme``: ``"dslm"`` (default), ``"xavier"``, ``"normal"``, ``"gpt2"`` or ``"deepnet"``
       (Post-LN only); ``scheme_options``: its `ModelConfig` fields (`SCHEME_OPTIONS`), e.g. ``k``.
     * ``seed``: every weight is drawn afresh from a generator seeded with it, so applying twice gives
