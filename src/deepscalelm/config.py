@@ -250,10 +250,13 @@ class ModelConfig(DictConfig):
 
     @classmethod
     def from_hf(cls, hf_config: Any, **overrides: Any) -> ModelConfig:
-        """The config of a Hugging Face GPT-2, BERT or RoBERTa (``PretrainedConfig`` or config.json dict).
+        """The config of a Hugging Face GPT-2, BERT, RoBERTa or Llama-family model (Llama, Mistral,
+        Qwen2, Qwen3; ``PretrainedConfig`` or config.json dict).
 
         The scheme is the family's Hugging Face default init; ``overrides`` replace fields (e.g.
-        ``scheme="dslm"``). Other families raise ValueError. See `deepscalelm.hf_config`.
+        ``scheme="dslm"``). Other families raise ValueError. Llama-family configs use RoPE (and GQA,
+        QK-norm), which `deepscalelm.predict` does not cover yet; `deepscalelm.apply` does. See
+        `deepscalelm.hf_config`.
         """
         from .hf_config import config_from_hf
 

@@ -103,15 +103,15 @@ _SCHEME_WEIGHT = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "attn_out": "attn
 
 def _plan(model: nn.Module, res: Resolved, scheme: Scheme) -> dict[str, tuple]:
     plan = _default_plan(model)
+    # a gated MLP out = down(act(gate(x)) * up(x)): the scheme's fc1 is the gate, fc3 the up projection
+    roles = {**_SCHEME_WEIGHT, "mlp_gate": "ffn.fc1", "mlp_in": "ffn.fc3"} if res.structure.mlp_gate else _SCHEME_WEIGHT
     for layer in res.layers:
         for role, full in layer.parts.items():
-            if role in _SCHEME_WEIGHT:
-                plan[f"{full}.weight"] = ("normal", scheme.var(f"layers.{layer.index}.{_SCHEME_WEIGHT[role]}.weight"))
+            if role in roles:
+                plan[f"{full}.weight"] = ("normal", scheme.var(f"layers.{layer.index}.{roles[role]}.weight"))
             elif role == "qkv":
                 plan[f"{full}.weight"] = ("qkv", tuple(scheme.var(f"layers.{layer.index}.attn.{w}.weight")
                                                        for w in "qkv"))
-            elif role == "mlp_gate":
-                raise DSLMError(f"{res.structure.family}: gated MLPs are not covered by the theory yet")
     emb = {"tok_emb": "tok_emb.weight", "pos_emb": "pos_emb.weight", "type_emb": "type_emb.weight"}
     for role, name in emb.items():
         if role in res.parts:
@@ -277,7 +277,9 @@ def apply(model: nn.Module, scheme: str = "dslm", *, seed: int = 0, config: Mode
     """Re-initialise ``model`` from ``scheme`` and fold its residual scaling in; returns the model.
 
     * ``model``: a deepscalelm model, a Hugging Face model of a registered family (GPT-2, BERT,
-      RoBERTa) or any module described with `deepscalelm.register` (then pass ``config``).
+      RoBERTa, Llama, Mistral, Qwen2, Qwen3) or any module described with `deepscalelm.register`
+      (then pass ``config``). A gated MLP's gate, up and down projections get the scheme's fc1,
+      fc3 and fc2 variances.
     * ``scheme``: ``"dslm"`` (default), ``"xavier"``, ``"normal"``, ``"gpt2"`` or ``"deepnet"``
       (Post-LN only); ``scheme_options``: its `ModelConfig` fields (`SCHEME_OPTIONS`), e.g. ``k``.
     * ``seed``: every weight is drawn afresh from a generator seeded with it, so applying twice gives

@@ -6,9 +6,16 @@ initialisation* as its scheme (GPT-2: ``"gpt2"``, N(0, initializer_range^2) with
 projections scaled by 1/sqrt(2 n_layer); BERT/RoBERTa: ``"normal"``, N(0, initializer_range^2)).
 Keyword overrides replace fields afterwards (``scheme="dslm"``, ``k=...``, ``seq_len=...``).
 
-Covered families: GPT-2 (``model_type`` ``"gpt2"``), BERT (``"bert"``) and RoBERTa (``"roberta"``).
-Llama-style and T5 families are refused until the theory covers their blocks (RMSNorm, SwiGLU,
-rotary positions, grouped-query attention, QK-norm, T5's relative position bias).
+Covered families: GPT-2 (``model_type`` ``"gpt2"``), BERT (``"bert"``), RoBERTa (``"roberta"``) and
+the Llama family (``"llama"``, ``"mistral"``, ``"qwen2"``, ``"qwen3"``; scheme ``"normal"`` with
+std ``initializer_range``): ``norm_type="rmsnorm"``, a gated MLP (``hidden_act`` silu ->
+``"swiglu"``, gelu -> ``"geglu"``), ``position="rope"`` with ``rope_base`` = ``rope_theta``,
+``n_kv_heads`` = ``num_key_value_heads``, ``qk_norm="rmsnorm"`` for Qwen3, no dropout outside
+attention. What the config cannot express is left out and does not change the initialisation
+`deepscalelm.apply` draws: RoPE scaling (``rope_type`` other than default), Mistral/Qwen2 sliding
+windows, Qwen2's q/k/v biases (zero at initialisation). `deepscalelm.predict` refuses these
+configs for now (it has no formula yet for rotary positions, grouped-query attention or QK-norm).
+T5 is refused until the theory covers relative position bias and T5's unscaled logits.
 """
 
 from __future__ import annotations
@@ -21,10 +28,6 @@ from .config import ModelConfig
 
 #: model_type values whose theory is not in deepscalelm yet, with what is missing
 PENDING: dict[str, str] = {
-    "llama": "RMSNorm, SwiGLU, rotary positions and grouped-query attention",
-    "mistral": "RMSNorm, SwiGLU, rotary positions and grouped-query attention",
-    "qwen2": "RMSNorm, SwiGLU, rotary positions and grouped-query attention",
-    "qwen3": "RMSNorm, SwiGLU, rotary positions, grouped-query attention and QK-norm",
     "gemma": "RMSNorm, GeGLU, rotary positions and multi-query attention",
     "t5": "RMSNorm, relative position bias and T5's unscaled logits",
     "mt5": "RMSNorm, relative position bias and T5's unscaled logits",
@@ -91,7 +94,45 @@ def _bert(cfg: Any, model_type: str) -> dict[str, Any]:
                 ln_eps=float(_get(cfg, "layer_norm_eps", 1e-12)))
 
 
-SUPPORTED = ("gpt2", "bert", "roberta")
+#: Hugging Face activation names of gated (Llama-family) MLPs -> ModelConfig.activation
+_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_new": "geglu",
+          "gelu_pytorch_tanh": "geglu"}
+
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _rope_base(cfg: Any) -> float:
+    """``rope_theta`` (transformers 4.x top-level field, 5.x inside ``rope_parameters``)."""
+    params = _get(cfg, "rope_parameters") or {}
+    theta = params.get("rope_theta") if isinstance(params, Mapping) else None
+    return float(theta if theta is not None else _get(cfg, "rope_theta", 10000.0))
+
+
+def _llama(cfg: Any, model_type: str) -> dict[str, Any]:
+    d, heads = _get(cfg, "hidden_size"), _get(cfg, "num_attention_heads")
+    head_dim = _get(cfg, "head_dim")
+    if head_dim is not None and d is not None and heads and head_dim * heads != d:
+        raise ValueError(f"ModelConfig.from_hf: {model_type} with head_dim={head_dim} != hidden_size / "
+                         f"num_attention_heads = {d}/{heads} is not covered (ModelConfig has d_head = d_model / "
+                         "n_heads); set head_dim to hidden_size // num_attention_heads")
+    act = _get(cfg, "hidden_act", "silu")
+    if act not in _GATED:
+        raise ValueError(f"ModelConfig.from_hf: {model_type} hidden_act={act!r} is not covered by the theory; "
+                         f"supported: {', '.join(sorted(_GATED))}")
+    kv = _get(cfg, "num_key_value_heads")
+    return dict(arch="decoder", n_layers=_get(cfg, "num_hidden_layers"), d_model=d, n_heads=heads,
+                n_kv_heads=int(kv) if kv is not None else None, d_ff=_get(cfg, "intermediate_size"),
+                seq_len=_get(cfg, "max_position_embeddings"), vocab_size=_get(cfg, "vocab_size"), norm="pre",
+                norm_type="rmsnorm", activation=_GATED[act], position="rope", rope_base=_rope_base(cfg),
+                qk_norm="rmsnorm" if model_type == "qwen3" else None, dropout=0.0,
+                attn_dropout=float(_get(cfg, "attention_dropout", 0.0) or 0.0), emb_dropout=0.0,
+                scheme="normal", std=float(_get(cfg, "initializer_range", 0.02)),
+                tie_embeddings=bool(_get(cfg, "tie_word_embeddings", False)),
+                bias=bool(_get(cfg, "attention_bias", False) or _get(cfg, "mlp_bias", False)),
+                ln_eps=float(_get(cfg, "rms_norm_eps", 1e-6)))
+
+
+SUPPORTED = ("gpt2", "bert", "roberta", *LLAMA_FAMILY)
 
 
 def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
@@ -108,11 +149,13 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
         fields = _gpt2(hf_config)
     elif model_type in ("bert", "roberta"):
         fields = _bert(hf_config, model_type)
+    elif model_type in LLAMA_FAMILY:
+        fields = _llama(hf_config, model_type)
     else:
         raise ValueError(f"ModelConfig.from_hf: unsupported model_type {model_type!r}; supported: "
                          f"{', '.join(SUPPORTED)} (docs/hf.md shows how to describe other models)")
     for name, value in list(fields.items()):
-        if value is None and name != "d_ff":
+        if value is None and name not in ("d_ff", "n_kv_heads", "qk_norm"):
             raise ValueError(f"ModelConfig.from_hf: the {model_type} config lacks the field needed for {name}")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(overrides) - known)
@@ -122,4 +165,4 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
     return ModelConfig(**fields)
 
 
-__all__ = ["config_from_hf", "SUPPORTED", "PENDING"]
+__all__ = ["config_from_hf", "SUPPORTED", "PENDING", "LLAMA_FAMILY"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
+from ..config import ModelConfig
 from ..errors import DSLMError
-from ._config_args import add_config_arguments, config_from_args
+from ._config_args import UNSET, add_config_arguments, config_from_args
 from ._output import write_tables
 
 
@@ -22,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "images with labels. Without --checkpoint the model is built from the config flags.")
     p.add_argument("--checkpoint", metavar="DIR", help="a deepscalelm training run or checkpoint directory "
                                                        "(model config from its run.json)")
+    p.add_argument("--hf", metavar="DIR",
+                   help="a Hugging Face save_pretrained folder (config.json + weights; nothing is downloaded): "
+                        "measured beside predicted where the theory covers the model, else measured only with "
+                        "a note; a folder written by dslm apply is compared with its scheme, in DSLM units. "
+                        f"Sequence length: --seq-len, default min(the model's, {HF_SEQ_LEN}); other config "
+                        "flags given explicitly override config.json")
     p.add_argument("--data", metavar="FILE",
                    help="text models: a text file whose bytes form the batch (byte ids; needs vocab_size >= "
                         "256), 'tinyshakespeare' (built-in corpus, the default) or 'random' (uniform random "
@@ -42,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "last layer (default: K such that about 15 layers are shown)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a verdict fires")
     add_config_arguments(p)
-    p.set_defaults(func=run)
+    # explicit flags are told apart from defaults (needed to override an --hf config)
+    p.set_defaults(func=run, **{f"cfg_{f.name}": UNSET for f in dataclasses.fields(ModelConfig)})
+
+
+#: default sequence length of dslm check --hf (HF configs give the longest supported one)
+HF_SEQ_LEN = 128
 
 
 def _text_windows(data: str, config, batch_size: int, length: int, rng) -> tuple[Any, str]:
@@ -142,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     torch.manual_seed(args.seed)
+    if args.hf:
+        if args.checkpoint:
+            raise ValueError("give --hf DIR or --checkpoint DIR, not both")
+        return _run_hf(args)
     if args.checkpoint:
         model, config, source = _load_checkpoint(args.checkpoint)
     else:
@@ -151,17 +168,66 @@ def run(args: argparse.Namespace) -> int:
     batch, targets, what = _batch(args.data, config, args.batch_size, args.seed)
     model.train(not args.eval)
     report = check(model, batch, config, protocol=args.protocol, targets=targets, seed=args.seed)
+    _print_report(report, args, f"deepscalelm check: {config.arch}, {config.norm}-LN, scheme={config.scheme}, "
+                                f"{config.n_layers} layers, d_model={config.d_model}, {source}", what, batch)
+    return 1 if args.strict and report.verdicts else 0
+
+
+def _hf_config(args: argparse.Namespace, given: dict) -> tuple[ModelConfig | None, str | None]:
+    """(ModelConfig of the --hf folder at the batch's length, or None with the reason it is measured only)."""
+    from .predict import config_from_hf_dir
+
+    seq_len = given.pop("seq_len", None)
+    try:
+        config = config_from_hf_dir(args.hf, given)
+    except ValueError as exc:
+        return None, str(exc)
+    return config.replace(seq_len=seq_len or min(config.seq_len, HF_SEQ_LEN)), None
+
+
+def _run_hf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..integrations.hf_check import check_hf
+    from .apply import load_hf
+    from .predict import _explicit
+
+    given = _explicit(args)
+    model = load_hf(Path(args.hf))
+    config, why = _hf_config(args, dict(given))
+    if config is None:  # measured only: the batch from the HF config's sizes
+        hf = model.config
+        length = given.get("seq_len") or min(int(getattr(hf, "max_position_embeddings", None)
+                                                 or getattr(hf, "n_positions", HF_SEQ_LEN)), HF_SEQ_LEN)
+        sizes = ModelConfig(arch="decoder", vocab_size=int(hf.vocab_size), seq_len=length)
+    else:
+        sizes = config
+    batch, _targets, what = _batch(args.data, sizes, args.batch_size, args.seed)
+    model.train(not args.eval)
+    report = check_hf(model, batch, config, protocol=args.protocol, seed=args.seed)
+    if config is None:
+        head = f"deepscalelm check --hf {args.hf}: {type(model).__name__} (no deepscalelm config: {why})"
+    else:
+        head = (f"deepscalelm check --hf {args.hf}: {type(model).__name__}, {config.norm}-norm, "
+                f"scheme={config.scheme}, {config.n_layers} layers, d_model={config.d_model}, L={config.seq_len}")
+    _print_report(report, args, head, what, batch)
+    return 1 if args.strict and report.verdicts else 0
+
+
+def _print_report(report: Any, args: argparse.Namespace, head: str, what: str, batch: Any) -> None:
     wrote_stdout = write_tables(report, args)
     if args.plot:
         report.plot(args.plot)
     if not wrote_stdout:
-        print(f"deepscalelm check: {config.arch}, {config.norm}-LN, scheme={config.scheme}, {config.n_layers} layers, "
-              f"d_model={config.d_model}, {source}; preset={report.meta['preset']}; batch: {what}, shape "
-              f"{_shape_text(batch)}; protocol={args.protocol}; loss={report.meta['loss']:.4g}")
+        print(f"{head}; preset={report.meta['preset']}; batch: {what}, shape {_shape_text(batch)}; "
+              f"protocol={args.protocol}; loss={report.meta['loss']:.4g}")
+        if report.meta.get("prediction_error"):
+            print(f"note: measured only, no prediction: {report.meta['prediction_error']}")
+        if report.meta.get("dslm_units"):
+            print(f"note: folded checkpoint shown in DSLM units: {report.meta['dslm_units']}")
         print(report.table(args.every))
         print()
         print(report.summary())
         for kind in ("json", "csv", "plot"):
             if getattr(args, kind):
                 print(f"wrote {getattr(args, kind)}")
-    return 1 if args.strict and report.verdicts else 0

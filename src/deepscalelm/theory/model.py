@@ -110,7 +110,7 @@ def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
     else:
         parts = [Embedding(config.vocab_size, wv[f"{stack}tok_emb.weight"],
                            config.token_repeat_prob, config.seq_len).forward()]
-        if config.position == "learned":   # rotary positions add no embedding
+        if f"{stack}pos_emb.weight" in wv:  # learned positions (rotary ones add no table)
             parts.append(Signal(0.0, wv[f"{stack}pos_emb.weight"], 0.0))
         if f"{stack}type_emb.weight" in wv:
             parts.append(Signal(0.0, wv[f"{stack}type_emb.weight"], 1.0))

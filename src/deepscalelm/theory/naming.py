@@ -7,7 +7,7 @@ Python, keeps the theory free of torch while letting `deepscalelm.apply_scheme` 
 
 Weights, with (rows, cols) = PyTorch shape (for linear layers: (fan_out, fan_in)):
 
-* embeddings: ``{stack}tok_emb.weight`` (V, d), ``{stack}pos_emb.weight`` (L, d),
+* embeddings: ``{stack}tok_emb.weight`` (V, d), ``{stack}pos_emb.weight`` (L, d) for ``position="learned"``,
   ``{stack}type_emb.weight`` (n_token_types, d) when ``n_token_types > 0``;
   ViT: ``patch_emb.weight`` (d, C*P*P), ``cls_token`` (1, d), ``pos_emb.weight`` (L, d).
 * per layer i (0-based, as in ``model.layers[i]``):
@@ -50,7 +50,8 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
             shapes["pos_emb.weight"] = (L, d)
         else:
             shapes[f"{stack}tok_emb.weight"] = (V, d)
-            shapes[f"{stack}pos_emb.weight"] = (L, d)
+            if config.position == "learned":  # rotary or no positions: no table
+                shapes[f"{stack}pos_emb.weight"] = (L, d)
             if config.n_token_types > 0 and config.arch == "encoder":
                 shapes[f"{stack}type_emb.weight"] = (config.n_token_types, d)
         for i in range(n_layers):
@@ -82,10 +83,14 @@ def merge_names(config: ModelConfig) -> list[str]:
 
 
 def n_embedding_tables(config: ModelConfig) -> int:
-    """Number of tables summed into the embedding output (token/patch, position, token type)."""
+    """Number of tables summed into the embedding output (token/patch, learned position, token type).
+
+    Rotary (``position="rope"``) and absent (``"none"``) positions add no table: the token embedding
+    alone carries the embedding variance."""
     if config.arch == "vit":
         return 2
-    return 2 + (1 if (config.n_token_types > 0 and config.arch == "encoder") else 0)
+    learned = 1 if config.position == "learned" else 0
+    return 1 + learned + (1 if (config.n_token_types > 0 and config.arch == "encoder") else 0)
 
 
 __all__ = ["weight_shapes", "merge_names", "layer_blocks", "n_embedding_tables"]

@@ -174,14 +174,15 @@ def embedding_corr(config: ModelConfig) -> float:
     """Token correlation of the summed embedding before dropout (the paper's Zipf embedding correlation), equal table variances.
 
     r0 = sum over tables of (var_table / var_total) * P(two positions share a row of that table):
-    token table: `ModelConfig.token_repeat_prob`; learned positions: 0; token types: 1 (one segment);
+    token table: `ModelConfig.token_repeat_prob`; learned positions: 0 (rotary ones add no table); token
+    types: 1 (one segment);
     ViT patches: 0 (patch pixels are treated as independent).
     """
     t = n_embedding_tables(config)
     if config.arch == "vit":
         return 0.0
     share = config.token_repeat_prob
-    if t == 3:
+    if config.n_token_types > 0 and config.arch == "encoder":
         share += 1.0
     return share / t
 
