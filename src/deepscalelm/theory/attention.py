@@ -59,6 +59,8 @@ _WSUM = sum(_WEIGHTS)
 _WEIGHTS = [w / _WSUM for w in _WEIGHTS]
 _NODE_WEIGHTS = tuple(zip(_NODES, _WEIGHTS))
 
+_QK_NORMS = (None, "rmsnorm", "layernorm")
+
 # windows up to this size get their own quadrature; beyond it S_n and C_n are computed at doubling
 # window sizes and interpolated in between as n S_n = alpha + beta/n, n^2 C_n = gamma + delta/n
 _N_QUAD = 16
@@ -376,11 +378,21 @@ class Attention:
     ``qk_grad`` (default True) add the Q/K path to the gradient, False gives exactly the paper's
     value-path formula (with ``exact=False``). Validity: first order in the logit fluctuations of
     the coupling terms; accurate for logit variance sigma_s^2 = d^2 q_var k_var sigma^4 <~ 1.
+
+    ``qk_norm`` (None, "rmsnorm", "layernorm"): q and k are normalised per head over d_head (gain 1)
+    before the logits (docs/theory.md, "QK-norm"). With n = d_head (rmsnorm) or d_head - 1
+    (layernorm, which also removes the mean), the logit variance is d_head / n whatever q_var, k_var
+    and the input scale, the keys' token correlation becomes r (1 - (1 - r^2)/(2n)) (the norm's
+    correlation map), and the Q and K gradient paths are those of the unnormalised head at the same
+    logit variance times (n - 1)/(n - 2): E[d_head/|q|^2] = d_head/((n - 2) sigma_q^2) for the
+    random per-token norm, times the (n - 1)/n of the gradient left by the norm's projection.
+    Needs n >= 3.
     """
 
     def __init__(self, d_model: int, d_head: int, seq_len: int, q_var: float, k_var: float,
                  v_var: float, attn_dropout: float = 0.0, causal: bool = False, *,
-                 exact: bool = True, qk_grad: bool = True, q_len: int | None = None) -> None:
+                 exact: bool = True, qk_grad: bool = True, q_len: int | None = None,
+                 qk_norm: str | None = None) -> None:
         _check_int("d_model", d_model, 1)
         _check_int("d_head", d_head, 1)
         _check_int("seq_len", seq_len, 1 if causal else 2)
@@ -392,6 +404,14 @@ class Attention:
             raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
         if q_len is not None:
             _check_int("q_len", q_len, 1)
+        if qk_norm not in _QK_NORMS:
+            raise ValueError(f"qk_norm must be one of None, 'rmsnorm', 'layernorm', got {qk_norm!r}")
+        n_eff = d_head - (qk_norm == "layernorm")
+        if qk_norm is not None and n_eff < 3:
+            raise ValueError(f"qk_norm={qk_norm!r} needs d_head >= {4 if qk_norm == 'layernorm' else 3}, "
+                             f"got d_head={d_head}")
+        self.qk_norm = qk_norm
+        self._norm_n = float(n_eff)
         self.d_model, self.d_head, self.seq_len = d_model, d_head, seq_len
         self.q_var, self.k_var, self.v_var = float(q_var), float(k_var), float(v_var)
         self.attn_dropout = float(attn_dropout)
@@ -402,6 +422,28 @@ class Attention:
         self._harm, self._sum_t2, self._pk, self._pkk = _position_sums(seq_len)
 
     # ----------------------------------------------------------------------------- helpers
+    def _qk(self, s2x: float, s2k: float) -> float:
+        """q_var * k_var, or with ``qk_norm`` the product that gives the normed logit variance
+        d_head / n at query/key input second moments s2x, s2k (the head then acts as one with
+        unit-second-moment q and k entries)."""
+        if self.qk_norm is None:
+            return self.q_var * self.k_var
+        m = self.d_model * self.d_model * s2x * s2k
+        return self.d_head / self._norm_n / m if m > 0 else 0.0
+
+    def _key_corr(self, rk):
+        """Token correlation of the keys entering the logits (float or numpy array): ``rk``, or
+        with ``qk_norm`` the per-head norm's map r (1 - (1 - r^2)/(2n))."""
+        if self.qk_norm is None:
+            return rk
+        return rk * (1.0 - (1.0 - rk * rk) / (2.0 * self._norm_n))
+
+    def _qk_grad_gain(self) -> float:
+        """Factor on the Q and K gradient paths: 1, or (n - 1)/(n - 2) with ``qk_norm``."""
+        if self.qk_norm is None:
+            return 1.0
+        return (self._norm_n - 1.0) / (self._norm_n - 2.0)
+
     def _table(self, v: float) -> "_SqMassTable | _MassSums":
         return _window_sums(self.seq_len, v)
 
@@ -429,9 +471,9 @@ class Attention:
         else:
             s2k, rk = _fold_mean(kv)
         d = self.d_model
-        qk = self.q_var * self.k_var
+        qk = self._qk(s2x, s2k)
         ss = d * d * qk * s2x * s2k                 # logit variance sigma_s^2
-        v = (1.0 - rk) * ss                         # effective (key-to-key) logit variance
+        v = (1.0 - self._key_corr(rk)) * ss         # effective (key-to-key) logit variance
         return s2x, rx, s2k, rk, ss, v
 
     # ----------------------------------------------------------------------------- forward
@@ -466,7 +508,7 @@ class Attention:
         d, L = self.d_model, self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
         # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (the authors' d q k sigma^6 for self-attention)
-        t = d * self.q_var * self.k_var * s2x * s2k * s2k
+        t = d * self._qk(s2x, s2k) * s2x * s2k * s2k
         c2 = (1.0 - rk) ** 2 * t
         if not self.exact:
             if self.causal:
@@ -601,8 +643,8 @@ class Attention:
         d = self.d_model
         a = 1.0 / (1.0 - self.attn_dropout)
         # sigma_s^2 with the query variance replaced by the key/value variance (gradient wrt x)
-        skv = d * d * self.q_var * self.k_var * s2k * s2k
-        scale = skv * (1.0 - rk) * self.d_head * self.v_var * g.var
+        skv = d * d * self._qk(s2x, s2k) * s2k * s2k
+        scale = skv * (1.0 - rk) * self.d_head * self.v_var * g.var * self._qk_grad_gain()
         # coherent term: for fixed weights the key K_j and the value V_j (hence g_i . V_j) of the
         # same token are correlated, so sum_j dS_ij K_j has a component that does not average out
         # over the n keys: (sigma_s^2/d) (1-r)^2 (1-S_n)^2 relative to the value-path scale.
@@ -626,7 +668,7 @@ class Attention:
         s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
-        scale = ss * self.d_head * self.v_var * g.var
+        scale = ss * self.d_head * self.v_var * g.var * self._qk_grad_gain()
         rg = g.corr
         rho1 = _exp(rx * v) - 1.0 if self.exact else 0.0     # see _value_path
         if self.causal:

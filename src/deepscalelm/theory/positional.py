@@ -173,8 +173,8 @@ class _Win:
         r[0] = r[1] if L > 1 else 0.0
         self.r = np.clip(r, -1.0, 1.0)
         d = head.d_model
-        self.ss = d * d * head.q_var * head.k_var * self.s2 * self.s2
-        self.v = (1.0 - self.r) * self.ss
+        self.ss = d * d * head._qk(self.s2, self.s2) * self.s2 * self.s2
+        self.v = (1.0 - head._key_corr(self.r)) * self.ss
         self.S, self.Cm = window_masses_var(self.v)
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
 
@@ -196,7 +196,7 @@ def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndar
     w = _Win(head, K) if win is None else win
     s2, r, S = w.s2, w.r, w.S
     a = 1.0 / (1.0 - head.attn_dropout)
-    t = d * head.q_var * head.k_var * s2 ** 3
+    t = d * head._qk(s2, s2) * s2 ** 3
     c2 = (1.0 - r) ** 2 * t
     n = geo.n
     var = r * s2 + s2 * S * (a - r) + c2 * (1.0 - 1.0 / n) * (1.0 + 4.0 * a * S)
@@ -260,6 +260,7 @@ def _attention_backward(comp, x, G: np.ndarray, win: "_Win | None" = None) -> np
     w[np.diag_indices(L)] = 0.0
 
     ss, r, s, jm = win.ss, win.r, win.S, win.J
+    ss = ss * head._qk_grad_gain()   # ss enters only the Q and K paths below (QK-norm gain)
     mx = geo.maxidx
     rM = r[mx]                                            # window correlation of the later query
     rho1 = np.expm1(np.minimum(win.C * win.v[mx], 700.0))  # query pair i, k: e^{C_ik v} - 1

@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 
 from ..config import ModelConfig
 from .components import gelu_moments, silu_moments
-from .naming import layer_blocks, merge_names, n_embedding_tables, weight_shapes
+from .naming import has_type_table, layer_blocks, merge_names, n_embedding_tables, weight_shapes
 
 # E[GeLU(z)^2] for z ~ N(0, 1) (the paper's Table 1, GeLU): the forward gain of GeLU at unit input.
 GELU_SECOND_MOMENT = 0.42522
@@ -175,13 +175,15 @@ def embedding_corr(config: ModelConfig) -> float:
 
     r0 = sum over tables of (var_table / var_total) * P(two positions share a row of that table):
     token table: `ModelConfig.token_repeat_prob`; learned positions: 0; token types: 1 (one segment);
-    ViT patches: 0 (patch pixels are treated as independent).
+    ViT patches: 0 (patch pixels are treated as independent). Only existing tables count
+    (`n_embedding_tables`): without a position table (``position`` "rope" or "none") a decoder's
+    r0 is the token repeat probability itself.
     """
     t = n_embedding_tables(config)
     if config.arch == "vit":
         return 0.0
     share = config.token_repeat_prob
-    if t == 3:
+    if has_type_table(config):
         share += 1.0
     return share / t
 
