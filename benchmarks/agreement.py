@@ -29,6 +29,7 @@ from deepscalelm import ModelConfig
 from deepscalelm.data.text import builtin_bytes
 from deepscalelm.models import build_model
 
+
 def shakespeare_batch(batch: int, length: int, seed: int = 0) -> torch.Tensor:
     """``batch`` random windows of ``length`` bytes of Tiny Shakespeare (shipped) as token ids in [0, 256)."""
     raw = torch.frombuffer(bytearray(builtin_bytes()), dtype=torch.uint8).long()

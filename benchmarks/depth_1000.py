@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from agreement import same_token_prob, shakespeare_batch  # noqa: E402  (same folder)
 
 import deepscalelm
 from deepscalelm import ModelConfig
 from deepscalelm.models import build_model
-
-from agreement import same_token_prob, shakespeare_batch  # noqa: E402  (same folder)
 
 
 def stream(traj) -> list:

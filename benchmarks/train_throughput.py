@@ -35,10 +35,8 @@ def throughput(preset_name: str, steps: int, warmup: int, threads: int | None) -
     from deepscalelm.data.text import load_corpus
     from deepscalelm.models import build_model
     from deepscalelm.train.config import preset
-    from deepscalelm.train.loop import forward, loss_sum, to_device
+    from deepscalelm.train.loop import auto_threads, forward, loss_sum, to_device
     from deepscalelm.train.optim import param_groups
-
-    from deepscalelm.train.loop import auto_threads
 
     torch.set_num_threads(threads or auto_threads())
     mcfg, tcfg = preset(preset_name)

@@ -11,7 +11,6 @@ import argparse
 import json
 
 import numpy as np
-
 from common import RESULTS
 
 

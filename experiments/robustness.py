@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from deepscalelm import ModelConfig
-from deepscalelm.datasets import data_root
 from deepscalelm.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from deepscalelm.datasets import data_root
 from deepscalelm.errors import DSLMError
 from deepscalelm.finetune.robustness import CORRUPTIONS, robustness
 from deepscalelm.models import build_model

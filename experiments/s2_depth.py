@@ -24,7 +24,6 @@ import math
 import time
 
 import numpy as np
-
 from common import Log, same_token_prob, setup, shakespeare_bytes, windows
 
 RUNS = [("pre", "xavier"), ("post", "xavier"), ("pre", "dslm"), ("post", "dslm")]

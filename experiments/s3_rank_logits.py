@@ -23,7 +23,6 @@ import argparse
 import math
 
 import numpy as np
-
 from common import Log, same_token_prob, setup, shakespeare_bytes, windows
 
 

@@ -18,7 +18,6 @@ import argparse
 import math
 
 import numpy as np
-
 from common import Log, ptb_words, same_token_prob, setup, shakespeare_bytes, train_lm
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import Log, same_token_prob, setup, shakespeare_bytes, train_lm
 
 SCHEMES = [("pre", "dslm"), ("pre", "normal"), ("pre", "gpt2"), ("pre", "xavier"), ("post", "deepnet"),

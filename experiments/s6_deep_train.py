@@ -14,7 +14,6 @@ import argparse
 import math
 
 import numpy as np
-
 from common import Log, same_token_prob, setup, shakespeare_bytes, train_lm, windows
 
 

@@ -14,7 +14,6 @@ import argparse
 import time
 
 import numpy as np
-
 from common import Log, median, setup, shakespeare_bytes, windows
 
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from train_helpers import tiny_train_config  # tests/ is on sys.path
 
 from deepscalelm import ModelConfig
 from deepscalelm.errors import DSLMError
 from deepscalelm.train import checkpoint as ck
 from deepscalelm.train.loop import train
-from train_helpers import tiny_train_config  # tests/ is on sys.path
 
 torch.set_num_threads(1)
 

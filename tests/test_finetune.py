@@ -161,3 +161,14 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path: Path) -> None:
     # the CLI turns these into a message and exit status 2
     assert cli_main(["finetune", str(vit), "--task", "sst2", "--out", str(tmp_path / "cli")]) == 2
     assert not (tmp_path / "cli").exists()
+
+
+
+def test_one_seed_summary_has_no_spread(tmp_path: Path) -> None:
+    """A single seed prints its accuracy without '± 0.0000 over 1 seeds'."""
+    ckpt = make_ckpt(tmp_path / "pre")
+    lines: list[str] = []
+    finetune(ckpt, toy_choice(), None, FinetuneConfig(lrs=(3e-3,), seeds=(5,), epochs=1, batch_size=8, max_len=32,
+                                                     save="none"), log=lines.append)
+    summary = lines[-1]
+    assert "(1 seed)" in summary and "±" not in summary and "over 1 seeds" not in summary

@@ -9,8 +9,7 @@ import pytest
 
 from deepscalelm.datasets import data_root
 from deepscalelm.errors import DSLMError
-from deepscalelm.tasks import (BOOLQ_SPLIT, Example, TaskData, load_task, read_babi, read_boolq, read_dream,
-                               read_sst2)
+from deepscalelm.tasks import BOOLQ_SPLIT, Example, TaskData, load_task, read_babi, read_boolq, read_dream, read_sst2
 
 DATA = data_root()  # $DSLM_DATA, else ./data
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import small_text, tiny_train_config  # tests/ is on sys.path
 
 from deepscalelm import ModelConfig
 from deepscalelm.errors import DSLMError
@@ -15,7 +16,6 @@ from deepscalelm.train.config import TrainConfig, parse_set, preset, read_config
 from deepscalelm.train.guard import NonFiniteError
 from deepscalelm.train.loop import train
 from deepscalelm.train.optim import lr_at, param_groups
-from train_helpers import small_text, tiny_train_config  # tests/ is on sys.path
 
 torch.set_num_threads(1)
 

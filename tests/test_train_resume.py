@@ -10,7 +10,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # tiny decoder with dropout (so the RNG state matters), grad accumulation (2 micro-batches),

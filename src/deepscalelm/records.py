@@ -17,6 +17,9 @@ Record fields (all moments are entry-wise over tokens × hidden units, the paper
   norm); measurements use that protocol or the real loss.
 * ``block_var``, ``block_corr``: moments of the block's own output F (after its dropout, before
   scaling by beta and merging); None for the embedding and the final norm.
+* ``valid``: predictions only: False when the record's block drove a component outside the range where
+  its formula was validated against Monte Carlo (e.g. attention at a large logit variance), True
+  otherwise; None for measurements. ``Trajectory.validity()`` says which component and why.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Record:
     grad_corr: float
     block_var: float | None = None
     block_corr: float | None = None
+    valid: bool | None = None
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -68,6 +72,14 @@ def _parse(name: str, value: Any) -> Any:
         return int(value)
     if value is None or value == "":
         return None
+    if name == "valid":
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1"):
+            return True
+        if str(value).lower() in ("false", "0"):
+            return False
+        raise ValueError(f"valid must be true, false or empty, got {value!r}")
     return float(value)
 
 
@@ -146,6 +158,16 @@ class Trajectory(Sequence[Record]):
         payload = json.loads(text)
         recs = [Record(**{k: _parse(k, d.get(k)) for k in RECORD_FIELDS}) for d in payload["records"]]
         return cls(recs, payload.get("source", "predicted"), payload.get("meta", {}))
+
+    # Validity
+    def validity(self) -> list[str]:
+        """One line per component that left its validated range (empty when none did, and for
+        measurements), from ``meta["warnings"]`` written by `deepscalelm.predict`."""
+        return [str(w) for w in self.meta.get("warnings", [])]
+
+    def invalid(self) -> "Trajectory":
+        """The records flagged ``valid=False``."""
+        return Trajectory([r for r in self.records if r.valid is False], self.source, self.meta)
 
     # Comparison
     def join(self, other: "Trajectory") -> list[tuple[Record, Record]]:

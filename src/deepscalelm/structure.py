@@ -16,13 +16,21 @@ at the top); head paths are relative to the model itself. `resolve(model)` finds
 model (its own registration, else by class, else by ``config.model_type``) and returns a
 `Resolved` with full module names.
 
+Signal-propagation probes (`deepscalelm.measure`, `deepscalelm.check`, `Telemetry`, the NaN guard
+and FSDP sharding) read the stream from `Resolved.sites`: the optional ``stream_in`` module (its
+output is the stream entering the first layer, record ``embedding``), then per layer either the
+layer itself (record block ``layer``) or, when ``residuals`` names the layer's residual sub-blocks
+(each returning the stream after its own merge), one record per sub-block with its ``branch``
+output F; then the final norm (record ``final_norm``).
+
 Describe any other model in a few lines (a nanoGPT-style model)::
 
     import deepscalelm
     deepscalelm.register(GPT, blocks="transformer.h", qkv="attn.c_attn", attn_out="attn.c_proj",
                          mlp_in="mlp.c_fc", mlp_out="mlp.c_proj", attn_norm="ln_1", mlp_norm="ln_2",
                          tok_emb="transformer.wte", pos_emb="transformer.wpe",
-                         final_norm="transformer.ln_f", head="lm_head", norm="pre")
+                         final_norm="transformer.ln_f", head="lm_head", norm="pre",
+                         stream_in="transformer.drop")
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ from torch import nn
 
 from .errors import DSLMError
 
-__all__ = ["Structure", "Resolved", "Layer", "register", "resolve", "find_structure", "families",
-           "LAYER_ROLES", "MODEL_ROLES", "HEAD_ROLES"]
+__all__ = ["Structure", "Resolved", "Layer", "Site", "register", "resolve", "find_structure", "families",
+           "structure_for", "stacks_of", "detect", "registered", "own_structure", "LAYER_ROLES", "MODEL_ROLES",
+           "HEAD_ROLES"]
 
 #: roles inside one layer (paths relative to the layer)
 LAYER_ROLES = ("q", "k", "v", "qkv", "attn_out", "mlp_in", "mlp_gate", "mlp_out", "attn_norm", "mlp_norm")
@@ -53,6 +62,12 @@ class Structure:
 
     ``family`` names the entry in messages. ``causal``: decoder (True) or bidirectional encoder.
     ``own``: a deepscalelm model (residual scaling held as ``lam``/``beta`` on its blocks).
+    ``rotary``: the q/k projections' outputs are before rotary positions, which the attention module
+    receives as its ``position_embeddings`` argument (Hugging Face Llama family).
+    ``stream_in`` (relative to the base): module whose output is the stream entering the first
+    layer. ``residuals``: ``(record block, path in the layer)`` of residual sub-blocks that each
+    return the stream after their merge (empty: the whole layer is one stream point);
+    ``branch``: path inside such a sub-block of the module returning its branch output F.
     """
 
     family: str
@@ -79,6 +94,10 @@ class Structure:
     head_norm: str | None = None
     bases: tuple[str, ...] = ("",)
     own: bool = False
+    rotary: bool = False
+    stream_in: str | None = None
+    residuals: tuple[tuple[str, str], ...] = ()
+    branch: str | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in ("pre", "post"):
@@ -87,15 +106,41 @@ class Structure:
             raise ValueError(f"Structure {self.family!r}: give q, k and v, or one fused qkv")
         if self.qkv is not None and any(x is not None for x in (self.q, self.k, self.v)):
             raise ValueError(f"Structure {self.family!r}: give either q/k/v or a fused qkv, not both")
+        if not all(isinstance(r, tuple) and len(r) == 2 for r in self.residuals):
+            raise ValueError(f"Structure {self.family!r}: residuals must be (record block, path) pairs, "
+                             f"got {self.residuals!r}")
 
 
 @dataclass(frozen=True)
 class Layer:
-    """Full module names of one transformer layer's parts (None where absent)."""
+    """Full module names of one transformer layer's parts (absent roles are left out).
+
+    ``residuals``: (record block, sub-block name, branch-output name or None) per residual sub-block.
+    """
 
     index: int
     name: str
     parts: dict[str, str]
+    residuals: tuple[tuple[str, str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class Site:
+    """One point where the residual stream is read, keyed like `deepscalelm.records`.
+
+    ``name``: the module whose (first) output tensor ``[B, L, d]`` is the stream; ``branch``: the
+    module whose output is the block output F of that merge (None: not available).
+    """
+
+    stack: str
+    layer: int
+    block: str
+    name: str
+    branch: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.stack, self.layer, self.block)
 
 
 @dataclass(frozen=True)
@@ -106,12 +151,33 @@ class Resolved:
     base: str
     layers: tuple[Layer, ...]
     parts: dict[str, str]
+    stack: str = ""
+    stream_in: str | None = None
 
     @property
     def stream_points(self) -> list[str]:
         """Modules whose outputs carry the residual stream: every layer, then the final norm."""
         names = [layer.name for layer in self.layers]
         return names + ([self.parts["final_norm"]] if "final_norm" in self.parts else [])
+
+    @property
+    def sites(self) -> list[Site]:
+        """Every stream read point in forward order (see the module docstring)."""
+        out = [Site(self.stack, 0, "embedding", self.stream_in)] if self.stream_in else []
+        for layer in self.layers:
+            if layer.residuals:
+                out.extend(Site(self.stack, layer.index + 1, block, name, branch)
+                           for block, name, branch in layer.residuals)
+            else:
+                out.append(Site(self.stack, layer.index + 1, "layer", layer.name))
+        if "final_norm" in self.parts:
+            out.append(Site(self.stack, len(self.layers), "final_norm", self.parts["final_norm"]))
+        return out
+
+    def attention(self, layer: Layer) -> str | None:
+        """Name of the attention module of ``layer``: the parent of its q (or fused qkv) projection."""
+        proj = layer.parts.get("qkv") or layer.parts.get("q")
+        return proj.rsplit(".", 1)[0] if proj and proj != layer.name else None
 
 
 _BY_CLASS: dict[Any, Structure] = {}
@@ -208,7 +274,7 @@ def resolve(model: nn.Module, structure: Structure | None = None) -> Resolved:
                 raise DSLMError(f"{structure.family}: layer {name!r} has no {role} module {rel!r}; "
                                 f"{_suggest(full, list(modules))}")
             parts[role] = full
-        layers.append(Layer(i, name, parts))
+        layers.append(Layer(i, name, parts, _residuals(structure, name, modules)))
     parts = {}
     for role in MODEL_ROLES + HEAD_ROLES:
         rel = getattr(structure, role)
@@ -220,7 +286,29 @@ def resolve(model: nn.Module, structure: Structure | None = None) -> Resolved:
         elif role not in HEAD_ROLES:  # heads are optional (GPT2Model has none)
             raise DSLMError(f"{structure.family}: {type(model).__name__} has no {role} module {full!r}; "
                             f"{_suggest(full, list(modules))}")
-    return Resolved(structure, base, tuple(layers), parts)
+    stream_in = None
+    if structure.stream_in is not None:
+        stream_in = _prefixed(base, structure.stream_in)
+        if stream_in not in modules:
+            raise DSLMError(f"{structure.family}: {type(model).__name__} has no stream_in module {stream_in!r}; "
+                            f"{_suggest(stream_in, list(modules))}")
+    return Resolved(structure, base, tuple(layers), parts, stream_in=stream_in)
+
+
+def _residuals(structure: Structure, layer: str, modules: dict[str, nn.Module],
+               ) -> tuple[tuple[str, str, str | None], ...]:
+    out = []
+    for block, rel in structure.residuals:
+        full = f"{layer}.{rel}"
+        if full not in modules:
+            raise DSLMError(f"{structure.family}: layer {layer!r} has no residual sub-block {rel!r}; "
+                            f"{_suggest(full, list(modules))}")
+        branch = f"{full}.{structure.branch}" if structure.branch else None
+        if branch is not None and branch not in modules:
+            raise DSLMError(f"{structure.family}: residual sub-block {full!r} has no branch module "
+                            f"{structure.branch!r}; {_suggest(branch, list(modules))}")
+        out.append((block, full, branch))
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------ built-ins
@@ -245,13 +333,16 @@ def _llama_like(family: str, qk_norm: bool = False) -> Structure:
                      v="self_attn.v_proj", attn_out="self_attn.o_proj", mlp_in="mlp.up_proj",
                      mlp_gate="mlp.gate_proj", mlp_out="mlp.down_proj", attn_norm="input_layernorm",
                      mlp_norm="post_attention_layernorm", tok_emb="embed_tokens", final_norm="norm",
-                     head="lm_head", norm="pre", causal=True, bases=("model.", ""))
+                     head="lm_head", norm="pre", causal=True, bases=("model.", ""), rotary=True)
 
 
 _OURS = Structure(family="deepscalelm", blocks="layers", q="attn.q", k="attn.k", v="attn.v", attn_out="attn.o",
                   mlp_in="ffn.fc1", mlp_out="ffn.fc2", attn_norm="attn.ln", mlp_norm="ffn.ln", tok_emb="tok_emb",
                   pos_emb="pos_emb", type_emb=None, final_norm="ln_f", head="head", norm="pre",
-                  bases=("", "decoder.", "encoder."), own=True)
+                  bases=("", "decoder.", "encoder."), own=True, stream_in="drop_emb",
+                  residuals=(("attn", "attn"), ("ffn", "ffn")), branch="drop")
+#: record block of each residual sub-block of a deepscalelm layer, in forward order (the one block-name map)
+_OWN_RESIDUALS = (("attn", "attn"), ("cross_attn", "cross"), ("ffn", "ffn"))
 
 for _name, _s in (("gpt2", _GPT2), ("bert", _BERT), ("roberta", _ROBERTA), ("llama", _llama_like("llama")),
                   ("mistral", _llama_like("mistral")), ("qwen2", _llama_like("qwen2")),
@@ -266,13 +357,60 @@ def _is_ours(model: nn.Module) -> bool:
 
 
 def own_structure(model: nn.Module) -> list[Resolved]:
-    """The resolved stacks of a deepscalelm model (one per stack; the encoder-decoder has two)."""
+    """The resolved stacks of a deepscalelm model (one per stack; the encoder-decoder has two).
+
+    Each stack's `Resolved.stack` is its record stack name; its sites are the embedding dropout,
+    every attn / cross / ffn residual block (branch: the block's ``drop``) and, for Pre-LN, ``ln_f``.
+    """
     out = []
-    for stack_name, _stack in model.stacks():
+    for stack_name, stack in model.stacks():
         prefix = f"{stack_name}." if stack_name else ""
+        cross = bool(len(stack.layers)) and getattr(stack.layers[0], "cross", None) is not None
+        residuals = tuple(r for r in _OWN_RESIDUALS if r[0] != "cross_attn" or cross)
         s = dataclasses.replace(_OURS, norm=model.config.norm, causal=model.config.arch == "decoder"
                                 or stack_name == "decoder", bases=(prefix,),
-                                final_norm="ln_f" if model.config.norm == "pre" else None,
-                                tok_emb=None if model.config.arch == "vit" else "tok_emb", head=None)
-        out.append(resolve(model, s))
+                                final_norm="ln_f" if stack.ln_f is not None else None,
+                                tok_emb=None if model.config.arch == "vit" else "tok_emb", head=None,
+                                pos_emb="pos_emb" if getattr(stack, "pos_emb", None) is not None else None,
+                                residuals=residuals)
+        out.append(dataclasses.replace(resolve(model, s), stack=stack_name))
     return out
+
+
+def structure_for(family: str) -> Structure | None:
+    """The registered `Structure` whose family is ``family`` (latest registration wins), or None."""
+    found = [s for s in (*_BY_TYPE.values(), *_BY_CLASS.values()) if s.family == family]
+    return found[-1] if found else None
+
+
+def registered() -> list[Structure]:
+    """Every registered foreign structure, built-ins first (gpt2, bert, roberta, llama, ...), in order."""
+    out: list[Structure] = []
+    for s in (*_BY_TYPE.values(), *_BY_CLASS.values()):
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def detect(model: nn.Module) -> Resolved:
+    """``model`` resolved with its registered structure (`find_structure`); for a model the registry
+    does not know, with the first registered layout its module names fit (a nanoGPT-style model has
+    the GPT-2 layout). Raises `DSLMError` (supported families, how to register) when none fits."""
+    try:
+        found = find_structure(model)
+    except DSLMError as exc:
+        for st in registered():
+            try:
+                return resolve(model, st)
+            except DSLMError:
+                continue
+        raise exc from None
+    return resolve(model, found)
+
+
+def stacks_of(model: nn.Module) -> list[Resolved]:
+    """Resolved residual stacks of ``model``: `own_structure` for deepscalelm models (unless a
+    registration overrides them), else the one stack of `detect`."""
+    if _is_ours(model) and not any(k in _BY_CLASS for cls in type(model).__mro__ for k in (cls, cls.__name__)):
+        return own_structure(model)
+    return [detect(model)]

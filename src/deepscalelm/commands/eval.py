@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="loss / perplexity / bits-per-byte of a checkpoint",
                        description="Evaluate CHECKPOINT (checkpoint or run directory) on a split of its run's "
                                    "data (--split) or on a text file / directory (--file).")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 from ..config import ModelConfig
@@ -101,8 +102,11 @@ def format_table(records: list[dict], every: int = 0) -> str:
     lines = [head, "-" * len(head)]
     for r in keep:
         bv = "" if r["block_var"] is None else f"{r['block_var']:.4g}"
+        mark = "  !" if r.get("valid") is False else ""
         lines.append(f"{r['stack'] or '-':<8}{r['layer']:>6}  {r['block']:<11}{r['var']:>11.4g}"
-                     f"{fixed(r['corr']):>8}{r['grad_var']:>11.4g}{fixed(r['grad_corr']):>10}{bv:>11}")
+                     f"{fixed(r['corr']):>8}{r['grad_var']:>11.4g}{fixed(r['grad_corr']):>10}{bv:>11}{mark}")
+    if any(r.get("valid") is False for r in records):
+        lines.append("! = outside the validated range of a component formula (see the warnings)")
     if len(keep) < len(records):
         lines.append(f"({len(records) - len(keep)} of {len(records)} rows hidden; --every 1 shows all, "
                      "--csv/--json write all)")
@@ -119,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     positional = {"auto": None, "on": True, "off": False}[args.positional]
     traj = predict(config, positional=positional)
     wrote_stdout = write_tables(traj, args)
+    # machine-readable output on stdout: the warnings go to stderr so the JSON/CSV stays parseable
+    warn_to = sys.stderr if wrote_stdout else sys.stdout
     if args.plot:
         from ..plotting import plot_trajectories
 
@@ -134,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(traj.to_records(), args.every))
         print("block_var: variance of the sublayer's own output F before the merge x <- lambda*x + beta*F "
               "(dslm predict --help explains every column)")
+    for line in traj.validity():
+        print(f"warning: {line}", file=warn_to)
+    if not wrote_stdout:
         for kind in ("json", "csv", "plot"):
             if getattr(args, kind):
                 print(f"wrote {getattr(args, kind)}")

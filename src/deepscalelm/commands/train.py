@@ -10,7 +10,7 @@ from typing import Any
 from ..config import ModelConfig
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     from ..train.config import DEFAULT_PRESET, PRESETS
 
     p = sub.add_parser(

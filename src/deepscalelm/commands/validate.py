@@ -80,9 +80,10 @@ def register(subparsers: Any) -> None:
                         "embedding)")
     p.add_argument("--quick", action="store_true",
                    help="reduced grids (under 2 minutes for all components on 2 cores)")
-    p.add_argument("--grid", choices=("authors", "random"), default=None,
+    p.add_argument("--grid", choices=("authors", "random", "logit"), default=None,
                    help="authors: the full grids of the paper's component-check protocol (long; float32, subsampled with "
-                        "--stride); random: independent random points (--points, --seed)")
+                        "--stride); random: independent random points (--points, --seed); logit: large "
+                        "logit variance 2.56..20 (softmax and attention)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--points", type=int, default=40,
                    help="points per component for --grid random (default 40)")
@@ -108,14 +109,19 @@ def run(args: argparse.Namespace) -> int:
     from ..validate import COMPONENTS, grid_points, run_points
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    names = list(COMPONENTS) if args.component == "all" else [args.component]
+    from ..validate import LOGIT_COMPONENTS
+
+    if args.component == "all":
+        names = list(LOGIT_COMPONENTS) if args.grid == "logit" else list(COMPONENTS)
+    else:
+        names = [args.component]
     for n in names:
         if n not in COMPONENTS:
             raise ValueError(f"--component must be 'all' or one of {list(COMPONENTS)}, got {n!r}")
     if args.stride < 1:
         raise ValueError(f"--stride must be >= 1, got {args.stride!r}")
-    if args.grid == "random":
-        grid = "random"
+    if args.grid in ("random", "logit"):
+        grid = args.grid
     elif args.grid == "authors":
         grid = "authors"
     else:

@@ -4,8 +4,16 @@ tokenizers (byte, word, BPE), memmapped token streams, objectives and Fashion-MN
 Torch-free: batches are numpy arrays; `deepscalelm.train` moves them to tensors.
 """
 
-from .objectives import (DEFAULT_OBJECTIVE, OBJECTIVES, CausalLM, ImageClassification, MaskedLM,
-                         SpanCorruption, bits_per_byte, special_tokens)
+from .objectives import (
+                         DEFAULT_OBJECTIVE,
+                         OBJECTIVES,
+                         CausalLM,
+                         ImageClassification,
+                         MaskedLM,
+                         SpanCorruption,
+                         bits_per_byte,
+                         special_tokens,
+)
 from .stream import TokenStream, encode_split, open_stream
 from .text import BUILTIN, Corpus, load_corpus
 from .tokenizer import TOKENIZERS, Tokenizer, build_tokenizer, load_tokenizer

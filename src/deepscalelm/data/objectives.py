@@ -20,7 +20,7 @@ Batches are dicts of numpy arrays whose first axis is the sequence/image index:
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

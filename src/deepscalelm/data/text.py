@@ -15,10 +15,11 @@ import codecs
 import gzip
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ..errors import DSLMError
 

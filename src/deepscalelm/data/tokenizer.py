@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class Tokenizer:
         except ValueError:
             raise DSLMError(f"tokenizer has no special token {name!r} (it has {self.specials})") from None
 
-    def with_specials(self, names: Iterable[str]) -> "Tokenizer":
+    def with_specials(self, names: Iterable[str]) -> Tokenizer:
         """Add special tokens (in order) that are not there yet; returns self."""
         for n in names:
             if n not in self.specials:
@@ -130,7 +131,7 @@ class WordTokenizer(Tokenizer):
         self.eos = self.index["<eos>"]
 
     @classmethod
-    def train(cls, chunks: Iterable[bytes], max_vocab: int | None = None) -> "WordTokenizer":
+    def train(cls, chunks: Iterable[bytes], max_vocab: int | None = None) -> WordTokenizer:
         counts: Counter[str] = Counter()
         for chunk in chunks:
             for line in chunk.decode("utf-8", errors="replace").splitlines():
@@ -186,7 +187,7 @@ class BPETokenizer(Tokenizer):
         return tokenizers
 
     @classmethod
-    def train(cls, chunks: Iterable[bytes], vocab_size: int, seed: int = 0) -> "BPETokenizer":
+    def train(cls, chunks: Iterable[bytes], vocab_size: int, seed: int = 0) -> BPETokenizer:
         """Train a byte-level BPE of `vocab_size` ids on the chunks (the training split)."""
         lib = cls._lib()
         if vocab_size < 257:

@@ -7,7 +7,8 @@
   (`deepscalelm.diagnostics.verdicts` holds the thresholds).
 * `Telemetry(model, every=100, path=...)`: the same statistics every N training steps, to JSONL and
   (when installed) TensorBoard.
-* Presets for deepscalelm models and Hugging Face GPT-2, BERT and Llama (`PRESETS`).
+* Presets: deepscalelm models and every structure-registry family (Hugging Face GPT-2, BERT,
+  RoBERTa, Llama, Mistral, Qwen2, Qwen3, ``deepscalelm.register``-ed models; `PRESETS`).
 """
 
 from .core import PROTOCOLS, check

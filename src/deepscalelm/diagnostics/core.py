@@ -197,7 +197,7 @@ def check(model: nn.Module, batch: Any, config: Any = None, *, streams: str | Se
       positional tensors, or a dict of keyword arguments (Hugging Face ``input_ids=...``). L >= 2.
     * ``streams``/``attention``/``preset``/``causal``: which modules carry the residual stream and
       compute attention (see `deepscalelm.diagnostics.targets`); by default deepscalelm models use
-      preset ``"dslm"`` and other models are matched against the gpt2, bert and llama presets.
+      preset ``"dslm"`` and other models their structure-registry entry (`deepscalelm.structure`).
     * ``protocol="loss"``: backpropagate the model's loss (see `_loss`); ``"paper"``: backpropagate
       ``sum(h * G)`` with ``G`` iid N(0, 1) (seeded by ``seed``) and ``h`` the last stream point
       (the final hidden state), the protocol `deepscalelm.predict` assumes.

@@ -17,27 +17,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..measure.probe import first_tensor
 from .stats import logit_stats, stream_moments
 from .targets import AttentionSpec, StreamPoint
 
 __all__ = ["Recorder", "first_tensor"]
-
-
-def first_tensor(out: Any) -> torch.Tensor | None:
-    """The first tensor of a module output (a tensor, a tuple/list, or a dict-like ModelOutput)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            t = first_tensor(o)
-            if t is not None:
-                return t
-        return None
-    if hasattr(out, "values"):
-        for o in out.values():
-            if isinstance(o, torch.Tensor):
-                return o
-    return None
 
 
 class Recorder:

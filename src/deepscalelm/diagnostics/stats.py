@@ -1,6 +1,7 @@
 """Moment statistics used by the diagnostics, with the definitions of the paper's component-check protocol.
 
-All functions take detached activations or gradients and compute in float64. Shapes:
+All functions take detached activations or gradients and compute in float64; the stream moments
+are `deepscalelm.measure.stats.token_moments`, shared with `deepscalelm.measure`. Shapes:
 
 * stream tensors ``x[B, L, d]`` (batch, tokens, hidden units);
 * attention logits ``s[B, H, L, S]`` (batch, heads, query tokens, key tokens).
@@ -12,40 +13,17 @@ import math
 
 import torch
 
+from ..measure.stats import token_moments
+
 __all__ = ["stream_moments", "logit_stats", "rotate_half", "apply_rotary"]
 
 
 def stream_moments(x: torch.Tensor) -> tuple[float, float, float, bool]:
-    """(mean, var, corr, finite) of a residual-stream tensor ``x[B, L, d]``.
-
-    ``mean`` and ``var = E[x^2] - E[x]^2`` are over all B*L*d entries. ``corr`` is the mean
-    off-diagonal entry of the L x L covariance matrix of token positions (each position a variable,
-    its B*d entries the samples, position means removed, Bessel-corrected), divided by ``var`` —
-    exactly `deepscalelm.measure.moments`, but without forming the L x L matrix: the sum of all
-    entries of the covariance is ``sum_s (sum_i xc[i, s])^2 / (n - 1)`` (xc: centred positions,
-    n = B*d samples), so the cost is O(B*L*d) instead of O(B*L^2*d).
-    ``corr`` is NaN when L < 2, var <= 0 or the tensor holds NaN/inf; ``finite`` says whether every
-    entry is finite.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"stream tensors must have shape [batch, tokens, width], got {tuple(x.shape)}")
-    x = x.detach()
-    finite = bool(torch.isfinite(x).all())
-    x = x.to(torch.float64)
-    B, L, d = x.shape
-    mean = x.mean()
-    var = float((x * x).mean() - mean * mean)
-    if L < 2 or not finite or not var > 0.0:
-        return float(mean), var, math.nan, finite
-    n = B * d
-    if n < 2:
-        return float(mean), var, math.nan, finite
-    pos = x.transpose(0, 1).reshape(L, n)
-    xc = pos - pos.mean(dim=1, keepdim=True)
-    total = float((xc.sum(dim=0) ** 2).sum()) / (n - 1)  # sum of all L*L covariance entries
-    diag = float((xc * xc).sum()) / (n - 1)  # trace of the covariance
-    off = (total - diag) / (L * (L - 1))
-    return float(mean), var, off / var, finite
+    """(mean, var, corr, finite) of a residual-stream tensor ``x[B, L, d]``: the one statistic
+    `deepscalelm.measure.stats.token_moments` (float64; corr NaN when L < 2, var <= 0 or the tensor
+    holds NaN/inf; ``finite`` says whether every entry is finite)."""
+    m = token_moments(x)
+    return m.mean, m.var, m.corr, m.finite
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,11 @@
 
 `resolve_targets(model, streams, attention, preset)` turns user input (module names, globs or a
 preset) into `StreamPoint`s (modules whose output [B, L, d] is the residual stream, in forward order)
-and `AttentionSpec`s (where to read projected queries and keys). Globs match dotted module names;
+and `AttentionSpec`s (where to read projected queries and keys). A preset is an entry of the
+structure registry (`deepscalelm.structure`): ``"dslm"`` for deepscalelm models, else a registered
+family (``gpt2``, ``bert``, ``roberta``, ``llama``, ``mistral``, ``qwen2``, ``qwen3`` and any
+``deepscalelm.register``-ed model); stream points are the structure's sites, attention modules the
+parents of its q (or fused qkv) projections. Globs match dotted module names;
 ``*`` matches one name component (``transformer.h.*`` matches ``transformer.h.7`` but not
 ``transformer.h.7.attn``), ``**`` any number of components.
 """
@@ -11,28 +15,31 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 
 from ..errors import DSLMError
+from ..structure import Resolved, Structure, _is_ours, detect, own_structure, registered, resolve, structure_for
 
 __all__ = ["StreamPoint", "AttentionSpec", "PRESETS", "resolve_targets", "match_names"]
 
-#: preset name -> (stream globs, attention globs); the first glob set whose pattern matches is used
-PRESETS: dict[str, dict[str, Any]] = {
-    "dslm": {"doc": "deepscalelm models (build_model): embedding dropout, every attn/cross/ffn block, ln_f"},
-    "gpt2": {"doc": "Hugging Face GPT-2: transformer.h.* (fused c_attn split into q, k, v), transformer.ln_f",
-             "variants": [("transformer.", "transformer.h.*", "transformer.ln_f"), ("", "h.*", "ln_f")],
-             "attn": "{layers}.attn", "fused": "c_attn", "causal": True},
-    "bert": {"doc": "Hugging Face BERT: bert.encoder.layer.* or encoder.layer.* (attention.self.query/key)",
-             "variants": [("bert.", "bert.encoder.layer.*", None), ("", "encoder.layer.*", None)],
-             "attn": "{layers}.attention.self", "q": "query", "k": "key", "causal": False},
-    "llama": {"doc": "Hugging Face Llama: model.layers.* (self_attn.q_proj/k_proj with rotary), model.norm",
-              "variants": [("model.", "model.layers.*", "model.norm"), ("", "layers.*", "norm")],
-              "attn": "{layers}.self_attn", "q": "q_proj", "k": "k_proj", "causal": True, "rotary": True},
-}
+_DSLM_DOC = "deepscalelm models (build_model): embedding dropout, every attn/cross/ffn block, ln_f"
+
+
+def _preset_doc(st: Structure) -> str:
+    proj = f"fused {st.qkv} split into q, k, v" if st.qkv else f"q/k {st.q}/{st.k}"
+    bases = " or ".join(repr(b + st.blocks + ".*") for b in st.bases)
+    final = f", final norm {st.final_norm}" if st.final_norm else ""
+    return (f"layers {bases} ({proj}{', rotary' if st.rotary else ''}){final}; "
+            f"{'causal' if st.causal else 'bidirectional'}")
+
+
+#: preset name -> {"doc": description}: "dslm" and every built-in registry family (see `resolve_targets`)
+PRESETS: dict[str, dict[str, Any]] = {"dslm": {"doc": _DSLM_DOC},
+                                      **{st.family: {"doc": _preset_doc(st)} for st in registered()}}
 
 _Q_NAMES = ("q", "q_proj", "query", "wq", "q_lin")
 _K_NAMES = ("k", "k_proj", "key", "wk", "k_lin")
@@ -129,12 +136,6 @@ def _config_attr(model: nn.Module, module: nn.Module, attrs: Sequence[str]) -> i
     return None
 
 
-def _is_ours(model: nn.Module) -> bool:
-    from ..config import ModelConfig
-
-    return hasattr(model, "stacks") and isinstance(getattr(model, "config", None), ModelConfig)
-
-
 def _our_attention(name: str, mod: nn.Module, causal: bool) -> AttentionSpec:
     """The logits' queries/keys of a deepscalelm attention block: the outputs of ``q_post``/``k_post``
     (after the per-head q/k norm and rotary positions) when the block has them, else of ``q``/``k``;
@@ -145,23 +146,40 @@ def _our_attention(name: str, mod: nn.Module, causal: bool) -> AttentionSpec:
 
 
 def _ours(model: nn.Module) -> tuple[list[StreamPoint], list[AttentionSpec]]:
-    """Stream points and attention of a deepscalelm model, keyed like `deepscalelm.predict`."""
-    ids = {id(m): n for n, m in model.named_modules()}
+    """Stream points and attention of a deepscalelm model, keyed like `deepscalelm.predict`
+    (the registry's sites of every stack; attention in each attn / cross residual block)."""
+    mods = dict(model.named_modules())
     points: list[StreamPoint] = []
     attns: list[AttentionSpec] = []
-    for stack_name, stack in model.stacks():
-        points.append(StreamPoint(ids[id(stack.drop_emb)], stack_name, 0, "embedding"))
-        for i, layer in enumerate(stack.layers):
-            for attr, block in (("attn", "attn"), ("cross", "cross_attn"), ("ffn", "ffn")):
-                mod = getattr(layer, attr, None)
-                if mod is None:
-                    continue
-                name = ids[id(mod)]
-                points.append(StreamPoint(name, stack_name, i + 1, block))
-                if attr != "ffn":
-                    attns.append(_our_attention(name, mod, causal=bool(mod.causal) and attr == "attn"))
-        if stack.ln_f is not None:
-            points.append(StreamPoint(ids[id(stack.ln_f)], stack_name, len(stack.layers), "final_norm"))
+    for res in own_structure(model):
+        points.extend(StreamPoint(site.name, site.stack, site.layer, site.block) for site in res.sites)
+        for layer in res.layers:
+            for block, name, _branch in layer.residuals:
+                if block in ("attn", "cross_attn"):
+                    mod = mods[name]
+                    attns.append(_our_attention(name, mod, causal=bool(mod.causal) and block == "attn"))
+    return points, attns
+
+
+def _foreign(model: nn.Module, res: Resolved, preset: str) -> tuple[list[StreamPoint], list[AttentionSpec]]:
+    """Stream points (the structure's sites) and attention (parents of the q / fused qkv projections)."""
+    st = res.structure
+    mods = dict(model.named_modules())
+    points = [StreamPoint(site.name, site.stack, site.layer, site.block) for site in res.sites]
+    attns = []
+    for layer in res.layers:
+        a = res.attention(layer)
+        if a is None:
+            continue
+        heads = _config_attr(model, mods[a], _HEAD_ATTRS)
+        if heads is None:
+            raise DSLMError(f"preset {preset!r}: cannot find the number of heads of {a!r}")
+        if "qkv" in layer.parts:
+            attns.append(AttentionSpec(a, heads, heads, st.causal, fused=layer.parts["qkv"]))
+        else:
+            kv = _config_attr(model, mods[a], _KV_ATTRS) or heads
+            attns.append(AttentionSpec(a, heads, kv, st.causal, q=layer.parts["q"], k=layer.parts["k"],
+                                       rotary=st.rotary))
     return points, attns
 
 
@@ -189,37 +207,37 @@ def _auto_attention(model: nn.Module, name: str, causal: bool | None) -> Attenti
 
 
 def _preset(model: nn.Module, preset: str) -> tuple[list[StreamPoint], list[AttentionSpec]] | None:
+    """The targets of registry entry ``preset`` on ``model``; None when its layout does not match."""
     if preset == "dslm":
         if not _is_ours(model):
             raise DSLMError(f"preset 'dslm' needs a deepscalelm model (build_model), got {type(model).__name__}")
         return _ours(model)
-    p = PRESETS[preset]
-    names = {n for n, _ in model.named_modules()}
-    for prefix, layer_glob, final in p["variants"]:
-        rx = _glob_regex(layer_glob)
-        layers = [n for n, _ in model.named_modules() if rx.match(n)]
-        if not layers:
-            continue
-        points = [StreamPoint(n, "", i + 1, "layer") for i, n in enumerate(layers)]
-        if final is not None and final in names:
-            points.append(StreamPoint(final, "", len(layers), "final_norm"))
-        attns = []
-        mods = dict(model.named_modules())
-        for n in layers:
-            a = p["attn"].format(layers=n)
-            if a not in names:
-                continue
-            heads = _config_attr(model, mods[a], _HEAD_ATTRS)
-            if heads is None:
-                raise DSLMError(f"preset {preset!r}: cannot find the number of heads of {a!r}")
-            kv = _config_attr(model, mods[a], _KV_ATTRS) or heads
-            if "fused" in p:
-                attns.append(AttentionSpec(a, heads, heads, p["causal"], fused=f"{a}.{p['fused']}"))
-            else:
-                attns.append(AttentionSpec(a, heads, kv, p["causal"], q=f"{a}.{p['q']}", k=f"{a}.{p['k']}",
-                                           rotary=p.get("rotary", False)))
-        return points, attns
-    return None
+    st = structure_for(preset)
+    if st is None:
+        return None
+    try:
+        res = resolve(model, st)
+    except DSLMError:
+        return None
+    return _foreign(model, res, preset)
+
+
+def _auto(model: nn.Module) -> tuple[tuple[list[StreamPoint], list[AttentionSpec]] | None, str]:
+    """Targets from the registry (`deepscalelm.structure.detect`): the model's own entry, else the
+    first registered layout that fits; (None, "custom") when none does."""
+    if _is_ours(model):
+        return _ours(model), "dslm"
+    try:
+        res = detect(model)
+    except DSLMError:
+        return None, "custom"
+    return _foreign(model, res, res.structure.family), res.structure.family
+
+
+def _check_preset(preset: str | None) -> None:
+    if preset is not None and preset not in PRESETS and structure_for(preset) is None:
+        names = list(PRESETS) + [st.family for st in registered() if st.family not in PRESETS]
+        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(names)}")
 
 
 def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None,
@@ -229,12 +247,13 @@ def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None
     """(stream points, attention specs, preset used or "custom").
 
     With neither ``streams`` nor ``preset``: a deepscalelm model uses ``"dslm"``; otherwise the
-    Hugging Face presets are tried in turn (gpt2, bert, llama). ``attention``: module names/globs of
-    attention modules (q/k children found by name, see `AttentionSpec`), explicit `AttentionSpec`s,
-    or None (the preset's; none for custom streams). ``causal`` applies to named attention modules.
+    model's own registry entry (by registration, class or ``config.model_type``), else the first
+    registered layout that fits (gpt2, bert, roberta, llama, ...); the preset used is that family.
+    ``attention``: module names/globs of attention modules (q/k children found by name, see
+    `AttentionSpec`), explicit `AttentionSpec`s, or None (the preset's; none for custom streams).
+    ``causal`` applies to named attention modules.
     """
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    _check_preset(preset)
     used = "custom"
     points: list[StreamPoint]
     attns: list[AttentionSpec] = []
@@ -246,13 +265,10 @@ def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None
             attns = found[1] if found else []
             used = preset
     else:
-        tried = [preset] if preset is not None else (["dslm"] if _is_ours(model) else ["gpt2", "bert", "llama"])
-        found = None
-        for name in tried:
-            found = _preset(model, name)
-            if found is not None:
-                used = name
-                break
+        if preset is not None:
+            found, used = _preset(model, preset), preset
+        else:
+            found, used = _auto(model)
         if found is None:
             names = [n for n, _ in model.named_modules() if n]
             raise DSLMError(

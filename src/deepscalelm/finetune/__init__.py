@@ -8,8 +8,17 @@ built-in task name or a `TaskData`, e.g. ``deepscalelm.tasks.load_files("train.j
 
 from __future__ import annotations
 
-from .api import (FinetuneConfig, accuracy, check_task_fits, encode_task, evaluate_checkpoint, finetune,
-                  load_backbone, load_finetuned, train_one)
+from .api import (
+                  FinetuneConfig,
+                  accuracy,
+                  check_task_fits,
+                  encode_task,
+                  evaluate_checkpoint,
+                  finetune,
+                  load_backbone,
+                  load_finetuned,
+                  train_one,
+)
 from .encode import encode_parts, encode_split
 from .model import FinetuneModel
 

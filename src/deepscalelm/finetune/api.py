@@ -30,9 +30,10 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..errors import DSLMError
+from ..formatting import mean_std_text
 from ..tasks import TaskData, check_labels, load_task
 from ..train import checkpoint as ck
 from ..train.optim import param_groups, schedule
@@ -388,11 +390,12 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
+    n = len(cfg.seeds)
     if has_test:
-        log(f"{td.name}: best lr {best:g} (dev {dm:.4f} ± {ds:.4f}); test {tm:.4f} ± {ts:.4f} over "
-            f"{len(cfg.seeds)} seeds; majority class {majority['test']:.4f}")
+        log(f"{td.name}: best lr {best:g} (dev {mean_std_text(dm, ds, n)}); test {mean_std_text(tm, ts, n)}; "
+            f"majority class {majority['test']:.4f}")
     else:
-        log(f"{td.name}: best lr {best:g} (dev {dm:.4f} ± {ds:.4f} over {len(cfg.seeds)} seeds; majority class "
+        log(f"{td.name}: best lr {best:g} (dev {mean_std_text(dm, ds, n)}; majority class "
             f"{majority['dev']:.4f}); no test split: the dev accuracy chose the lr and is optimistic")
     return result
 

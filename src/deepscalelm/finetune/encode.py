@@ -21,7 +21,7 @@ mask: a row's representation must not depend on what else is in its batch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,7 +16,7 @@ over all corruptions and severities / clean accuracy.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage

@@ -20,7 +20,7 @@ from ..theory.schemes import Scheme, get_scheme
 from .components import NORM_MODULES
 
 
-def resolve_scheme(config: ModelConfig, scheme: "Scheme | str | None") -> Scheme:
+def resolve_scheme(config: ModelConfig, scheme: Scheme | str | None) -> Scheme:
     """A `Scheme` from a Scheme, a scheme name, or None (= ``config.scheme``)."""
     if scheme is None or isinstance(scheme, str):
         return get_scheme(config, scheme)
@@ -97,7 +97,7 @@ def _normal_(p: torch.Tensor, std: float) -> None:
 
 
 @torch.no_grad()
-def apply_scheme(model: nn.Module, scheme: "Scheme | str | None" = None) -> nn.Module:
+def apply_scheme(model: nn.Module, scheme: Scheme | str | None = None) -> nn.Module:
     """(Re-)initialise ``model`` from ``scheme`` (default: ``model.scheme``); returns the model.
 
     * every weight ~ N(0, variance) with the variance from `scheme_weight_variances` (drawn in
@@ -147,7 +147,7 @@ class SchemeModel(nn.Module):
         """Initialise every parameter from ``self.scheme`` (see `apply_scheme`)."""
         apply_scheme(self, self.scheme)
 
-    def set_activation_checkpointing(self, enabled: bool = True) -> "SchemeModel":
+    def set_activation_checkpointing(self, enabled: bool = True) -> SchemeModel:
         """Recompute each layer in the backward pass (torch.utils.checkpoint, non-reentrant)."""
         for m in self.modules():
             if hasattr(m, "checkpointing"):

@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..datasets import dataset_dir
 from ..errors import DSLMError
@@ -82,7 +82,7 @@ class TaskData:
         for split, exs in self.splits.items():
             check_labels(exs, self.n_labels, self.kind, f"{self.name}/{split}")
 
-    def subset(self, sizes: dict[str, int | None], seed: int = SPLIT_SEED) -> "TaskData":
+    def subset(self, sizes: dict[str, int | None], seed: int = SPLIT_SEED) -> TaskData:
         """A copy with each split cut to at most ``sizes[split]`` examples (a seeded random subset;
         None keeps the whole split)."""
         out = {}

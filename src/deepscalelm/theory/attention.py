@@ -31,6 +31,12 @@ Accuracy (docs/validation.md, independent random grid, logit variance up to 1, L
 pooled moment within 10% at the 99th percentile; the gradient variance within 6.3% at worst,
 against 43% (bidirectional) and 60% (causal) for the paper's value-path formula. Outside the range
 sigma_s^2 <~ 1 the first-order terms over-estimate (15-25% on the output variance at sigma_s^2 = 2).
+Beyond an effective logit variance v = 2.6 (see `deepscalelm.theory.softmax_quad`) the softmax masses,
+the softmax-Jacobian mass, the value-logit coupling (`Attention._var_coupled`) and the correlated-query
+factor come from exact quadratures instead (within 4% on the output and 6% on the gradient variance of
+Monte Carlo for v = 3.5..20, d 64; docs/validation.md); mixed linearly with the closure up to v = 3.1.
+`logit_var_note` says when a prediction is outside these validated ranges; v > `MAX_LOGIT_VAR` raises
+`LogitVarianceError`.
 
 Cost: a call is O(1) once the effective logit variance v has been seen (sums over causal windows are
 memoised per v); a new v costs ~20 quadratures of 17 nodes (~0.2 ms causal, ~20 us bidirectional).
@@ -45,8 +51,21 @@ from __future__ import annotations
 import math
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
+from .softmax_quad import (
+    CLOSURE_MAX_VAR,
+    CLOSURE_VALID_VAR,
+    QUAD_FROM_VAR,
+    jacobian_mass_quad,
+    logit_mean_sq,
+    masses_large_v,
+    masses_quad,
+    pattern_corr_factor,
+    quad_weight,
+    window_sums_quad,
+)
 
-__all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass"]
+__all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass", "VALID_LOGIT_VAR",
+           "MC_CHECKED_LOGIT_VAR", "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
 
 # Trapezoid rule on a standard normal variable z in [-_Z_MAX, _Z_MAX] with step _Z_STEP (17 nodes).
 # For the smooth integrands used below (powers of a logistic function of an affine function of z)
@@ -64,6 +83,44 @@ _QK_NORMS = (None, "rmsnorm", "layernorm")
 # windows up to this size get their own quadrature; beyond it S_n and C_n are computed at doubling
 # window sizes and interpolated in between as n S_n = alpha + beta/n, n^2 C_n = gamma + delta/n
 _N_QUAD = 16
+
+
+# Effective logit variance (1 - r) sigma_s^2 up to which the softmax and attention moments were
+# validated against Monte Carlo (docs/validation.md: within 10 % at v <= 1, 15-25 % at v = 2).
+VALID_LOGIT_VAR = CLOSURE_VALID_VAR
+# largest effective logit variance at which the quadrature forms were compared with Monte Carlo
+MC_CHECKED_LOGIT_VAR = 20.0
+
+
+# Largest effective logit variance the moments are computed for: far beyond it the softmax is a hard
+# argmax (S_n > 0.97 at n = 300) and the quadrature's grid grows like sqrt(v).
+MAX_LOGIT_VAR = 1.0e4
+
+
+class LogitVarianceError(ValueError):
+    """The attention logit variance is beyond `MAX_LOGIT_VAR`: the moments are not computed."""
+
+
+def logit_var_note(v: float) -> str | None:
+    """None when the softmax/attention moments at effective logit variance ``v`` are within their
+    validated range; otherwise what the prediction rests on and how far it was measured to be off.
+
+    Validated: v <= VALID_LOGIT_VAR (the log-normal closure and first-order coupling) and
+    QUAD_FROM_VAR <= v <= MC_CHECKED_LOGIT_VAR (the quadrature forms; measured/predicted attention
+    output and gradient variance 0.95-1.03 at v 3.5-20, d_model = d_head = 64, L 16-64, no dropout;
+    ``python benchmarks/large_logit.py``). In between, the closure is kept (the pinned reference
+    predictions reach v = 2.56) or mixed with the quadrature.
+    """
+    if v <= VALID_LOGIT_VAR or QUAD_FROM_VAR <= v <= MC_CHECKED_LOGIT_VAR:
+        return None
+    if v <= CLOSURE_MAX_VAR:
+        return ("log-normal softmax closure beyond its range (measured/predicted attention output "
+                "variance 0.68-0.98, gradient 0.87-0.99 at 2.56)")
+    if v < QUAD_FROM_VAR:
+        return "closure/quadrature mix between the two validated forms (closure: output variance 0.68-0.98 at 2.56)"
+    return (f"beyond the largest logit variance checked against Monte Carlo ({MC_CHECKED_LOGIT_VAR:g}; "
+            "the quadrature forms are exact in the softmax but neglect the finite-d_head spread of "
+            "the logit variance across queries)")
 
 
 def _check_int(name: str, value: int, lo: int) -> None:
@@ -113,6 +170,8 @@ def softmax_sq_mass(n: int, v: float) -> float:
         return 1.0
     if v <= 0.0:
         return 1.0 / n
+    if v > CLOSURE_MAX_VAR:   # beyond the closure's range: exact quadrature (softmax_quad)
+        return float(masses_large_v(n, v)[0][0])
     if v > 30.0:   # log(1 + (e^v - 1)/(n - 1)) without overflow
         s2r = v + math.log1p((n - 2) * math.exp(-v)) - math.log(n - 1)
     else:
@@ -134,6 +193,9 @@ def softmax_masses(n: int, v: float) -> tuple[float, float]:
         return 1.0, 1.0
     if v <= 0.0:
         return 1.0 / n, 1.0 / n ** 2
+    if v > CLOSURE_MAX_VAR:   # beyond the closure's range: exact quadrature (softmax_quad)
+        s, c = masses_large_v(n, v)
+        return float(s[0]), float(c[0])
     if v > 30.0:
         s2r = v + math.log1p((n - 2) * math.exp(-v)) - math.log(n - 1)
     else:
@@ -155,6 +217,52 @@ def softmax_masses(n: int, v: float) -> tuple[float, float]:
     return n * acc2, n * acc3
 
 
+_JAC_MEMO: dict[tuple[int, float], float] = {}
+
+
+def _exact_jac(n: int, v: float) -> float:
+    """`softmax_quad.jacobian_mass_quad` of one window on the v grid of `_full_masses` (memoised)."""
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
+    else:
+        k = int(v / _V_STEP)
+        t = v / _V_STEP - k
+        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
+    vals = []
+    for node in nodes:
+        hit = _JAC_MEMO.get((n, node))
+        if hit is None:
+            if len(_JAC_MEMO) > 20000:
+                _JAC_MEMO.clear()
+            hit = _JAC_MEMO[(n, node)] = float(jacobian_mass_quad(n, node)[0])
+        vals.append(hit)
+    return (1.0 - t) * vals[0] + t * vals[1]
+
+
+_M_MEMO: dict[tuple[int, float], float] = {}
+
+
+def _logit_m(n: int, v: float) -> float:
+    """`softmax_quad.logit_mean_sq` of one window, on the v grid of `_exact_jac` (memoised)."""
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
+    else:
+        k = int(v / _V_STEP)
+        t = v / _V_STEP - k
+        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
+    vals = []
+    for node in nodes:
+        hit = _M_MEMO.get((n, node))
+        if hit is None:
+            if len(_M_MEMO) > 20000:
+                _M_MEMO.clear()
+            hit = _M_MEMO[(n, node)] = float(logit_mean_sq(n, node)[0])
+        vals.append(hit)
+    return (1.0 - t) * vals[0] + t * vals[1]
+
+
 def jac_mass(s: float, c: float) -> float:
     """J = E[sum_j p_j^2 (delta_j - sum_l p_l delta_l)^2] / Var(delta) = S - 2 C + S^2 for i.i.d.
     unit-variance delta: the squared softmax-Jacobian mass that feeds the Q/K gradient path."""
@@ -169,7 +277,12 @@ class _SqMassTable:
     Cost O(_N_QUAD + log2(N / _N_QUAD)) quadratures.
     """
 
+    quad = False   # True when built by the quadrature (its sum_j is then not S - 2C + S^2)
+
     def __init__(self, n_max: int, v: float) -> None:
+        if v > CLOSURE_MAX_VAR:
+            self._init_quad(n_max, v)
+            return
         a1 = a2 = a3 = a4 = 0.0
         m = min(n_max, _N_QUAD)
         s = c = 1.0
@@ -196,6 +309,17 @@ class _SqMassTable:
         self.sum_s2 = a3       # sum_n S_n^2
         self.sum_c = a4        # sum_n C_n
         self.sum_j = max(a1 - 2.0 * a4 + a3, 0.0)   # sum_n J_n
+
+    def _init_quad(self, n_max: int, v: float) -> None:
+        """The same sums beyond the closure's range: every window by the quadrature (S_n saturates
+        there, which the 1/n interpolation of the closure path does not describe), with the exact
+        Jacobian masses and the coupling sum sum_n E[(sum_j p_j s_j)^2] / v (`_var_coupled`)."""
+        (self.sum_s, self.sum_s_n, self.sum_s2, self.sum_c, j_exact,
+         self.sum_m) = window_sums_quad(n_max, v)
+        j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        w = quad_weight(v)
+        self.sum_j = w * j_exact + (1.0 - w) * j
+        self.quad = True
 
 
 _SEG_CACHE: dict[tuple[int, int], list[tuple[int, int, float, float, float, float]]] = {}
@@ -259,12 +383,14 @@ def _position_sums(L: int) -> tuple[float, float, float, float]:
 _V_STEP = 1.0 / 64.0
 _V_GRID_MAX = 16.0
 _GRID_CACHE: dict[tuple, object] = {}
+# beyond _V_GRID_MAX (quadrature only) the nodes are geometric, v_k = _V_GRID_MAX * _V_RATIO^k
+_V_RATIO = 1.02
 
 
 class _MassSums:
     """Linear interpolation of two `_SqMassTable`s (same fields)."""
 
-    __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j")
+    __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j", "quad", "sum_m")
 
     def __init__(self, a: "_SqMassTable", b: "_SqMassTable", t: float) -> None:
         u = 1.0 - t
@@ -272,7 +398,12 @@ class _MassSums:
         self.sum_s_n = u * a.sum_s_n + t * b.sum_s_n
         self.sum_s2 = u * a.sum_s2 + t * b.sum_s2
         self.sum_c = u * a.sum_c + t * b.sum_c
-        self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        if a.quad or b.quad:   # exact Jacobian masses: interpolate them too
+            self.sum_j = u * a.sum_j + t * b.sum_j
+            self.sum_m = u * getattr(a, "sum_m", 0.0) + t * getattr(b, "sum_m", 0.0)
+        else:
+            self.sum_j = max(self.sum_s - 2.0 * self.sum_c + self.sum_s2, 0.0)
+        self.quad = a.quad or b.quad
 
 
 def _grid(kind: str, n: int, k: int):
@@ -281,15 +412,29 @@ def _grid(kind: str, n: int, k: int):
     if hit is None:
         if len(_GRID_CACHE) > 20000:
             _GRID_CACHE.clear()
-        hit = _SqMassTable(n, k * _V_STEP) if kind == "win" else softmax_masses(n, k * _V_STEP)
+        if kind.endswith("_g"):
+            v = _V_GRID_MAX * _V_RATIO ** k
+        else:
+            v = k * _V_STEP
+        hit = _SqMassTable(n, v) if kind.startswith("win") else softmax_masses(n, v)
         _GRID_CACHE[key] = hit
     return hit
 
 
+def _geo_node(v: float) -> tuple[int, float]:
+    """(k, t): v lies a fraction t (in log v) between the geometric nodes k and k + 1."""
+    pos = math.log(v / _V_GRID_MAX) / math.log(_V_RATIO)
+    k = int(pos)
+    return k, pos - k
+
+
 def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
     """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v."""
-    if v <= 0.0 or v >= _V_GRID_MAX:
+    if v <= 0.0:
         return _SqMassTable(n_max, v)
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        return _MassSums(_grid("win_g", n_max, k), _grid("win_g", n_max, k + 1), t)
     k = int(v / _V_STEP)
     t = v / _V_STEP - k
     return _MassSums(_grid("win", n_max, k), _grid("win", n_max, k + 1), t)
@@ -297,12 +442,22 @@ def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
 
 def _full_masses(n: int, v: float) -> tuple[float, float]:
     """(S_n, C_n) at effective logit variance v, interpolated on the v grid."""
-    if v <= 0.0 or v >= _V_GRID_MAX:
+    if v <= 0.0:
         return softmax_masses(n, v)
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        (s0, c0), (s1, c1) = _grid("full_g", n, k), _grid("full_g", n, k + 1)
+        return (1.0 - t) * s0 + t * s1, (1.0 - t) * c0 + t * c1
     k = int(v / _V_STEP)
     t = v / _V_STEP - k
     (s0, c0), (s1, c1) = _grid("full", n, k), _grid("full", n, k + 1)
     return (1.0 - t) * s0 + t * s1, (1.0 - t) * c0 + t * c1
+
+
+def _softmax_quad_weight(v: float) -> float:
+    """Weight of the quadrature in the `Softmax` component's exact form: 0 for v <= VALID_LOGIT_VAR
+    (the authors' full forms), 1 from VALID_LOGIT_VAR + 0.5, linear in between."""
+    return min(1.0, max(0.0, (v - VALID_LOGIT_VAR) / 0.5))
 
 
 class Softmax:
@@ -326,7 +481,10 @@ class Softmax:
     ``python benchmarks/validate_full.py --softmax-breakdown``), predicted/measured output variance
     full/approx: 1.03/1.01 at v = 1, 1.20/1.17 at v = 2, 3.0/2.9 at v = 4, ~140 at v = 9; the
     gradient variance is worse (1.08 at v = 1, 1.38 at v = 2, 4.6 at v = 4). The heavy-tailed
-    normaliser is then dominated by a few logits, which no log-normal closure captures.
+    normaliser is then dominated by a few logits, which no log-normal closure captures. With
+    ``exact=True`` the forms therefore switch to the exact quadrature beyond v = 2 (Var = S_L/L - 1/L^2,
+    gradient variance (1 - r_g) sigma_g^2 J_L / L with the exact Jacobian mass; mixed linearly over
+    v in [2, 2.5]): within 6% of Monte Carlo for v = 2.56..20, L = 300 and 1000.
     """
 
     def __init__(self, seq_len: int, exact: bool = True) -> None:
@@ -337,9 +495,20 @@ class Softmax:
     def _var(self, v: float) -> float:
         L = self.seq_len
         if self.exact:
-            big_e = _exp(v * L / (L - 1))
-            return (big_e - 1.0) * big_e ** 2 / ((L - 1) * _exp(v) + 1.0) ** 2
+            w = _softmax_quad_weight(v)
+            old = 0.0 if w == 1.0 else self._var_full(v)
+            if w == 0.0:
+                return old
+            # beyond the authors' range: Var(p) = E[p^2] - 1/L^2 = S_L / L - 1/L^2 (quadrature)
+            quad = max(float(masses_quad(L, v)[0][0]) / L - 1.0 / L ** 2, 0.0)
+            return w * quad + (1.0 - w) * old
         return (_exp(v) - 1.0) / L ** 2
+
+    def _var_full(self, v: float) -> float:
+        """The authors' full form of the variance (valid for v <~ 2)."""
+        L = self.seq_len
+        big_e = _exp(v * L / (L - 1))
+        return (big_e - 1.0) * big_e ** 2 / ((L - 1) * _exp(v) + 1.0) ** 2
 
     def forward(self, x: Signal) -> Signal:
         v = (1.0 - x.corr) * x.var
@@ -349,8 +518,13 @@ class Softmax:
         v = (1.0 - x.corr) * x.var
         L = self.seq_len
         ge = (1.0 - g.corr) * g.var
-        if self.exact:
-            var = ge * (self._var(v) + 1.0 / L ** 2)
+        w = _softmax_quad_weight(v) if self.exact else 0.0
+        if self.exact and w < 1.0:
+            var = ge * (self._var_full(v) + 1.0 / L ** 2)
+            if w > 0.0:   # the exact Jacobian mass: E[p_i^2 (g_i - p.g)^2] = ge J_L / L
+                var = w * ge * float(jacobian_mass_quad(L, v)[0]) / L + (1.0 - w) * var
+        elif self.exact:
+            var = ge * float(jacobian_mass_quad(L, v)[0]) / L
         else:
             var = ge * _exp(v) / L ** 2
         return Grad(var, -1.0 / (L - 1))
@@ -456,13 +630,29 @@ class Attention:
         if not self.exact:
             s = _exp(v) / self.seq_len
             return s * (1.0 - 1.0 / self.seq_len)
-        return jac_mass(*self._full_window(v))
+        j = jac_mass(*self._full_window(v))
+        w = quad_weight(v)
+        if w > 0.0:   # beyond the closure's range: the exact fourth-order mass (softmax_quad)
+            j = w * _exact_jac(self.seq_len, v) + (1.0 - w) * j
+        return j
 
     def _sq_mass(self, v: float) -> float:
         """S_L for the full (bidirectional) window."""
         if self.exact:
             return self._full_window(v)[0]
         return _exp(v) / self.seq_len
+
+    def _rho(self, rx: float, v: float) -> float:
+        """n^2 E[A_ij A_kj] for two queries with input correlation rx (e^{rx v} within the closure's
+        range; `softmax_quad.pattern_corr_factor` beyond, with the full window)."""
+        if v <= CLOSURE_MAX_VAR:
+            return _exp(rx * v)
+        return pattern_corr_factor(rx, v, self.seq_len, self._full_window(v)[0])
+
+    def logit_var(self, x: Signal, kv: Signal | None = None) -> float:
+        """Effective (key-to-key) logit variance v = (1 - r_kv) sigma_s^2 for input ``x`` (and the
+        key/value stream ``kv`` of a cross-attention): the variable the softmax moments depend on."""
+        return self._moments(x, kv)[5]
 
     def _moments(self, x: Signal, kv: Signal | None):
         s2x, rx = _fold_mean(x)
@@ -474,6 +664,12 @@ class Attention:
         qk = self._qk(s2x, s2k)
         ss = d * d * qk * s2x * s2k                 # logit variance sigma_s^2
         v = (1.0 - self._key_corr(rk)) * ss         # effective (key-to-key) logit variance
+        if v > MAX_LOGIT_VAR:
+            raise LogitVarianceError(
+                f"attention logit variance (1 - r) sigma_s^2 = {v:.3g} exceeds {MAX_LOGIT_VAR:g} "
+                f"(sigma_s^2 = d_model^2 q_var k_var sigma_x^2 sigma_kv^2 = {d}^2 * {self.q_var:.3g} * "
+                f"{self.k_var:.3g} * {s2x:.3g} * {s2k:.3g}, r = {rk:.3g}): the softmax is a hard argmax "
+                "there and its moments are not computed; lower the Q/K weight variances")
         return s2x, rx, s2k, rk, ss, v
 
     # ----------------------------------------------------------------------------- forward
@@ -525,15 +721,19 @@ class Attention:
                 cov = rk * s2k + (2 * c2 + (1 - rk) * s2k) / L
             return var, cov
         diag = 4.0 if kv is None else 0.0           # query-side coupling exists only for self-attention
+        w = quad_weight(v)
         if self.causal:
             var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
                    + c2 * ((L - self._harm) + diag * a * (tab.sum_s - tab.sum_s_n)) / L)
+            if w > 0.0:
+                ext = rk * s2k + s2k * (a - rk) * tab.sum_s / L + (1.0 - rk) * s2k * (tab.sum_m - tab.sum_s) / (d * L)
+                var = w * ext + (1.0 - w) * var
             # own-value part: sum over key overlaps of E[A_ij A_kj], with correlated queries
             # (factor rho - 1 on the window-centred part, see _value_path)
             if L > 1:
                 npair = L * (L - 1)
                 pair = 2.0 * (L - self._harm) / npair
-                own = (pair + (_exp(rx * v) - 1.0) * self._pk / npair)
+                own = (pair + (self._rho(rx, v) - 1.0) * self._pk / npair)
             else:
                 pair = own = 0.0
             cov = rk * s2k + (1 - rk) * s2k * own + 2 * c2 * pair
@@ -541,14 +741,28 @@ class Attention:
             s = self._sq_mass(v)
             f = 1.0 - 1.0 / L
             var = rk * s2k + s2k * s * (a - rk) + c2 * f * (1.0 + diag * a * s)
+            if w > 0.0:
+                var = w * self._var_coupled(s2k, rk, s, v, a) + (1.0 - w) * var
             if kv is None:
-                rho = 1.0 + (_exp(rx * v) - 1.0) * (1.0 - 1.0 / L)
+                rho = 1.0 + (self._rho(rx, v) - 1.0) * (1.0 - 1.0 / L)
                 cov = rk * s2k + ((1 - rk) * s2k * rho + 2 * c2) / L
             else:
                 # two queries with correlation r_x have correlated attention patterns:
                 # L E[A_ij A_kj] = exp(r_x v)
-                cov = rk * s2k + (1 - rk) * s2k * _exp(rx * v) / L
+                cov = rk * s2k + (1 - rk) * s2k * self._rho(rx, v) / L
         return var, cov
+
+    def _var_coupled(self, s2k: float, rk: float, s: float, v: float, a: float) -> float:
+        """Bidirectional output variance beyond the closure's range, without the first-order expansion.
+
+        Given the query, a key's logit is s_j = u . x_j for a fixed vector u, so its input splits into
+        the part along u, (s_j / |u|^2) u, and d - 1 directions independent of every logit. The value
+        projection sees both: Var = r s2 + s2 S (a - r) - (1 - r) s2 S / d + (1 - r) s2 M / d with
+        M = E[(sum_j p_j s_j)^2] / v (`softmax_quad.logit_mean_sq`, exact) replacing the first-order
+        coupling c2 (1 - 1/L)(1 + 4 a S). Dropout is neglected in the coupling part.
+        """
+        m = _logit_m(self.seq_len, v)
+        return rk * s2k + s2k * s * (a - rk) + (1.0 - rk) * s2k * (m - s) / self.d_model
 
     @staticmethod
     def _signal(var: float, cov: float) -> Signal:
@@ -618,7 +832,7 @@ class Attention:
         # the softmax, so E[A_ij A_kj] = (1 + (rho - 1)(1 - 1/max(n_i, n_k))) / (n_i n_k) with
         # rho = e^{r_x v}. The sum of A_ij A_kl over all key pairs is 1, so the pairs j != l lose
         # what j = l gains.
-        rho1 = _exp(rx * v) - 1.0
+        rho1 = self._rho(rx, v) - 1.0
         if self.causal:
             tab = self._table(v) if tab is None else tab
             diag = self._sum_t2 - self._harm + rho1 * self._pk
@@ -670,7 +884,7 @@ class Attention:
         a = 1.0 / (1.0 - self.attn_dropout)
         scale = ss * self.d_head * self.v_var * g.var * self._qk_grad_gain()
         rg = g.corr
-        rho1 = _exp(rx * v) - 1.0 if self.exact else 0.0     # see _value_path
+        rho1 = self._rho(rx, v) - 1.0 if self.exact else 0.0     # see _value_path
         if self.causal:
             tab = self._table(v) if tab is None else tab
             var = ((a - rk) * tab.sum_j

@@ -19,18 +19,23 @@ records of causal stacks stay those of the pooled engine.
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
+import numpy as np
+
 from ..config import ModelConfig
 from ..records import Record, Trajectory
+from .attention import MC_CHECKED_LOGIT_VAR, VALID_LOGIT_VAR, LogitVarianceError, logit_var_note
 from .blocks import AttentionBlock, FFNBlock, ResidualMerge, sum_grads, sum_signals
 from .components import Dropout, Embedding, LayerNorm, Linear, RMSNorm
 from .moments import Grad, Signal, _grad, _signal
 from .naming import layer_blocks
 from .positional import causal_backward
 from .schemes import Scheme, embedding_corr, get_scheme
+from .softmax_quad import QUAD_FROM_VAR
 
 # name of a block in a record (`cross` is the module name, `cross_attn` the record name)
 _RECORD_BLOCK = {"attn": "attn", "cross": "cross_attn", "ffn": "ffn"}
@@ -306,8 +311,9 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
 
 
 def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signal,
-             g_emb: Grad) -> list[Record]:
-    recs = [Record(stack_label, 0, "embedding", emb.mean, emb.var, emb.corr, g_emb.var, g_emb.corr)]
+             g_emb: Grad, invalid: set[str] = frozenset()) -> list[Record]:
+    recs = [Record(stack_label, 0, "embedding", emb.mean, emb.var, emb.corr, g_emb.var, g_emb.corr,
+                   valid=True)]
     new, append = object.__new__, recs.append
     for st, g in zip(steps, grads):
         # Record(...) without the frozen dataclass's per-field object.__setattr__ (same fields)
@@ -315,9 +321,37 @@ def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signa
         r = new(Record)
         r.__dict__.update(stack=stack_label, layer=st.layer, block=_RECORD_BLOCK[st.block],
                           mean=y.mean, var=y.var, corr=y.corr, grad_var=g.var, grad_corr=g.corr,
-                          block_var=f.var, block_corr=f.corr)
+                          block_var=f.var, block_corr=f.corr, valid=st.name not in invalid)
         append(r)
     return recs
+
+
+def _validity(fwd: list) -> tuple[set[str], list[str], float]:
+    """Names of the attention steps whose effective logit variance is outside the validated range
+    (`attention.logit_var_note`), one summary line per (stack, block type) with such steps, and the
+    largest logit variance seen."""
+    invalid: set[str] = set()
+    worst: dict[tuple[str, str], list] = {}
+    v_max = 0.0
+    for stack, _emb, steps, _out, _final in fwd:
+        for st in steps:
+            if st.block == "ffn":
+                continue
+            v = st.comp._head.logit_var(st.h, st.kv)
+            v_max = max(v_max, v)
+            if logit_var_note(v) is None:
+                continue
+            invalid.add(st.name)
+            w = worst.setdefault((stack.rstrip("."), _RECORD_BLOCK[st.block]), [v, st.layer, st.layer, 0])
+            w[0] = max(w[0], v)
+            w[1], w[2], w[3] = min(w[1], st.layer), max(w[2], st.layer), w[3] + 1
+    lines = []
+    for (stack, block), (v, lo, hi, count) in worst.items():
+        where = f"{stack + ' ' if stack else ''}{block}, {count} block{'s' if count > 1 else ''} in layers {lo}-{hi}"
+        lines.append(f"attention logit variance (1-r) sigma_s^2 up to {v:.3g}, outside the validated range "
+                     f"of the softmax/attention moments ({VALID_LOGIT_VAR:g} or less, or "
+                     f"{QUAD_FROM_VAR:g} to {MC_CHECKED_LOGIT_VAR:g}) at {where}: {logit_var_note(v)}")
+    return invalid, lines, v_max
 
 
 # n_layers * seq_len^2 up to which predict() resolves positions in causal stacks by default
@@ -349,9 +383,34 @@ def predict(config: ModelConfig, scheme: Scheme | str | None = None,
     gc.disable()
     try:
         return _predict(config, scheme, seed, positional)
+    except LogitVarianceError as e:
+        raise LogitVarianceError(f"predict ({_describe(config)}): {e}") from None
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _describe(config: ModelConfig) -> str:
+    return (f"arch={config.arch}, norm={config.norm}, scheme={config.scheme}, d_model={config.d_model}, "
+            f"n_heads={config.n_heads}, n_layers={config.n_layers}")
+
+
+def _backward(config: ModelConfig, label: str, run: Callable[[], tuple], v_max: float) -> tuple:
+    """Run one stack's backward pass; a non-finite gradient moment (float overflow) becomes a
+    ValueError that names the stack, the config and the largest attention logit variance."""
+    try:
+        out = run()
+    except (ValueError, OverflowError, FloatingPointError) as e:
+        if "finite" not in str(e) and not isinstance(e, (OverflowError, FloatingPointError)):
+            raise
+        out = None
+    if out is None or not all(math.isfinite(g.var) for g in out[0] + [out[1]]):
+        raise ValueError(
+            f"predict ({_describe(config)}): the gradient variance of the {label or 'model'} stack "
+            f"overflows float64 (it grows without bound towards the input); the largest attention "
+            f"logit variance (1-r) sigma_s^2 is {v_max:.3g} (validated up to {VALID_LOGIT_VAR:g}): "
+            "lower the Q/K weight variances or the depth") from None
+    return out
 
 
 def _predict(config: ModelConfig, scheme: Scheme | str | None, seed: Grad,
@@ -379,6 +438,7 @@ def _predict(config: ModelConfig, scheme: Scheme | str | None, seed: Grad,
         fwd.append((stack, emb, steps, out, final))
         memory = final
 
+    invalid, warnings, v_max = _validity(fwd)
     if positional is None:
         positional = max(n for _s, n, _c in stacks) * config.seq_len ** 2 <= POSITIONAL_BUDGET
     records: list[Record] = []
@@ -389,22 +449,26 @@ def _predict(config: ModelConfig, scheme: Scheme | str | None, seed: Grad,
         causal = {s: c for s, _n, c in stacks}[stack]
         if causal and positional:
             # causal stacks: position-resolved gradient covariance (theory/positional.py)
-            grads, g_emb, kv_grads = causal_backward(config, steps, g_top, emb)
+            def run(steps=steps, g_top=g_top, emb=emb):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    return causal_backward(config, steps, g_top, emb)
         else:
-            g_out = ln.backward(out, g_top) if pre else g_top
-            grads, g_emb, kv_grads = backward_stack(config, steps, g_out)
-        recs = _records(label, steps, grads, emb, g_emb)
+            def run(steps=steps, g_top=g_top, out=out):
+                return backward_stack(config, steps, ln.backward(out, g_top) if pre else g_top)
+        grads, g_emb, kv_grads = _backward(config, label, run, v_max)
+        recs = _records(label, steps, grads, emb, g_emb, invalid)
         if pre:
             n_layers = {s: n for s, n, _ in stacks}[stack]
             recs.append(Record(label, n_layers, "final_norm", final.mean, final.var, final.corr,
-                               g_top.var, g_top.corr))
+                               g_top.var, g_top.corr, valid=True))
         per_stack.append(recs)
         g_top = sum_grads(kv_grads) if kv_grads else Grad(0.0, 0.0)
     for recs in reversed(per_stack):
         records += recs
     meta = {"config": config.to_dict(), "scheme": scheme.name, "seed_grad_var": seed.var,
             "seed_grad_corr": seed.corr, "r0": embedding_corr(config),
-            "backward": "positional" if positional and any(c for _s, _n, c in stacks) else "pooled"}
+            "backward": "positional" if positional and any(c for _s, _n, c in stacks) else "pooled",
+            "warnings": warnings, "max_logit_var": v_max}
     return Trajectory(records, "predicted", meta)
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from .components import RMSNorm
 from .moments import Grad, Signal, clip_corr
+from .softmax_quad import CLOSURE_MAX_VAR, QUAD_FROM_VAR, masses_per_window, window_jac_mass, window_logit_mean_sq
 
 __all__ = ["window_masses", "window_masses_var", "attention_forward", "attention_position_var", "ffn_forward",
            "forward_positional", "causal_backward", "pooled", "exchangeable"]
@@ -68,6 +69,8 @@ def window_masses(L: int, v: float) -> tuple[np.ndarray, np.ndarray]:
     n = np.arange(1, L + 1, dtype=float)
     if v <= 0.0:
         s, c = 1.0 / n, 1.0 / n ** 2
+    elif v > CLOSURE_MAX_VAR:   # beyond the closure's range: exact quadrature (softmax_quad)
+        s, c = masses_per_window(n, np.full(L, v))
     else:
         m = n[1:] - 1.0
         if v > 30.0:
@@ -101,7 +104,24 @@ def window_masses_var(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q2 = q * q
     s = np.concatenate(([1.0], n[1:] * (q2 @ _ZW)))
     c = np.concatenate(([1.0], n[1:] * ((q2 * q) @ _ZW)))
+    big = np.flatnonzero(v > CLOSURE_MAX_VAR)
+    big = big[big > 0]
+    if big.size:   # windows beyond the closure's range: exact quadrature (softmax_quad)
+        s[big], c[big] = masses_per_window(n[big], v[big])
     return s, c
+
+
+def _rho1(win: "_Win", geo: "_Geom") -> np.ndarray:
+    """rho_ik - 1 for every query pair (window of the later query): e^{C_ik v} - 1 within the closure's
+    range, `softmax_quad.pattern_corr_factor` (vectorised) where that window's v exceeds it."""
+    mx = geo.maxidx
+    vm = win.v[mx]
+    rho1 = np.expm1(np.minimum(win.C * vm, 700.0))
+    if np.any(vm > CLOSURE_MAX_VAR):
+        w = np.clip((vm - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
+        ext = np.maximum(geo.n[mx] * win.S[mx], 1.0) ** win.C
+        rho1 = np.where(w > 0.0, w * (ext - 1.0) + (1.0 - w) * rho1, rho1)
+    return rho1
 
 
 class _Geom:
@@ -177,6 +197,10 @@ class _Win:
         self.v = (1.0 - head._key_corr(self.r)) * self.ss
         self.S, self.Cm = window_masses_var(self.v)
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
+        big = np.flatnonzero(self.v > CLOSURE_MAX_VAR)
+        big = big[big > 0]
+        if big.size:   # beyond the closure's range: the exact Jacobian mass (softmax_quad)
+            self.J[big] = window_jac_mass(n[big], self.v[big], self.J[big])
 
 
 def _exchangeable_cov(x: Signal, L: int) -> np.ndarray:
@@ -200,8 +224,14 @@ def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndar
     c2 = (1.0 - r) ** 2 * t
     n = geo.n
     var = r * s2 + s2 * S * (a - r) + c2 * (1.0 - 1.0 / n) * (1.0 + 4.0 * a * S)
+    big = np.flatnonzero(w.v > CLOSURE_MAX_VAR)
+    if big.size:   # beyond the closure's range: exact value-logit coupling (`Attention._var_coupled`)
+        m = window_logit_mean_sq(n[big], w.v[big])
+        ext = r[big] * s2 + s2 * S[big] * (a - r[big]) + (1.0 - r[big]) * s2 * (m - S[big]) / d
+        q = np.clip((w.v[big] - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
+        var[big] = q * ext + (1.0 - q) * var[big]
     mx = geo.maxidx
-    rho1 = np.expm1(np.minimum(w.C * w.v[mx], 700.0))
+    rho1 = _rho1(w, geo)
     out = _prefix2(K) * geo.inv_ik
     out += (rho1 * geo.one_m * (1.0 - r[mx]) * s2 + 2.0 * c2[mx]) * geo.inv[mx]
     out[np.diag_indices(L)] = np.maximum(var, 0.0)
@@ -263,7 +293,7 @@ def _attention_backward(comp, x, G: np.ndarray, win: "_Win | None" = None) -> np
     ss = ss * head._qk_grad_gain()   # ss enters only the Q and K paths below (QK-norm gain)
     mx = geo.maxidx
     rM = r[mx]                                            # window correlation of the later query
-    rho1 = np.expm1(np.minimum(win.C * win.v[mx], 700.0))  # query pair i, k: e^{C_ik v} - 1
+    rho1 = _rho1(win, geo)  # query pair i, k: e^{C_ik v} - 1
     a = 1.0 / (1.0 - head.attn_dropout)
     inv = geo.inv
     base = dk * head.v_var

@@ -1,9 +1,10 @@
 """Stability guard: locate where a non-finite loss or gradient comes from.
 
 When a step produces a NaN/Inf loss or gradient, the batch is run again (no gradient, RNG state
-saved and restored) with forward hooks on every residual layer (``model.layers``, or
-``model.encoder.layers`` / ``model.decoder.layers``); the report names the first layer, in execution
-order, whose output holds a non-finite value, and the first non-finite parameter or gradient.
+saved and restored) with forward hooks on every residual layer (the layers of the structure
+registry, `deepscalelm.structure.stacks_of`: ``layers.i``, or ``encoder.layers.i`` then
+``decoder.layers.i``, or a registered model's blocks); the report names the first layer, in
+execution order, whose output holds a non-finite value, and the first non-finite parameter or gradient.
 
 Every checkpoint also gets a divergence check (`divergence_check`), recorded in its ``state.json``;
 the newest checkpoint that passed is never pruned and is the one a stopped run points to.
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import DSLMError
+from ..structure import stacks_of
 
 
 class NonFiniteError(DSLMError):
@@ -25,16 +27,17 @@ class NonFiniteError(DSLMError):
 
 
 def residual_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every residual layer in forward order."""
-    out: list[tuple[str, nn.Module]] = []
-    for prefix in ("encoder.", "decoder."):
-        layers = getattr(getattr(model, prefix[:-1], None), "layers", None)
-        if isinstance(layers, nn.ModuleList):
-            out.extend((f"{prefix}layers.{i}", m) for i, m in enumerate(layers))
-    layers = getattr(model, "layers", None)
-    if not out and isinstance(layers, nn.ModuleList):
-        out.extend((f"layers.{i}", m) for i, m in enumerate(layers))
-    return out
+    """(name, module) of every residual layer in forward order, from the structure registry.
+
+    Empty for a model the registry does not know (the guard then only checks parameters and the
+    output; FSDP shards only the root).
+    """
+    try:
+        stacks = stacks_of(model)
+    except DSLMError:
+        return []
+    mods = dict(model.named_modules())
+    return [(layer.name, mods[layer.name]) for res in stacks for layer in res.layers]
 
 
 def _nonfinite(x: object) -> bool:

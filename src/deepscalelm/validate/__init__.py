@@ -10,22 +10,25 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .checks import CHECKS, authors_grid, quick_grid, random_grid
+from .checks import CHECKS, LOGIT_COMPONENTS, authors_grid, logit_grid, quick_grid, random_grid
 from .protocol import PERCENTILES, calc_err, measure, percentiles, sample_field
 
 COMPONENTS = tuple(CHECKS)
-GRIDS = ("quick", "test", "authors", "random")
+GRIDS = ("quick", "test", "authors", "random", "logit")
 
 
 def grid_points(name: str, grid: str, seed: int = 0, n_random: int = 40) -> list[dict]:
     """Grid points of component ``name``: ``quick``, ``test`` (first points of quick, fewer runs),
-    ``authors`` (the paper's component-check protocol full grids) or ``random`` (``n_random`` independent random points)."""
+    ``authors`` (the paper's component-check protocol full grids), ``random`` (``n_random`` independent random points)
+    or ``logit`` (large logit variance 2.56..20; softmax and attention only)."""
     if name not in CHECKS:
         raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
     if grid == "quick":
         return quick_grid(name)
     if grid == "authors":
         return authors_grid(name)
+    if grid == "logit":
+        return logit_grid(name)
     if grid == "random":
         if n_random < 1:
             raise ValueError(f"n_random must be >= 1, got {n_random!r}")
@@ -64,5 +67,5 @@ def run_component(name: str, grid: str = "quick", seed: int = 42, n_random: int 
     return run_points(name, grid_points(name, grid, seed, n_random), seed, dtype, stride)
 
 
-__all__ = ["COMPONENTS", "GRIDS", "grid_points", "run_points", "run_component", "calc_err",
+__all__ = ["COMPONENTS", "GRIDS", "LOGIT_COMPONENTS", "grid_points", "run_points", "run_component", "calc_err",
            "measure", "percentiles", "sample_field", "PERCENTILES"]

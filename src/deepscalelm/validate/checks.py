@@ -466,6 +466,30 @@ def quick_grid(name: str) -> list[dict]:
     raise ValueError(f"component must be one of {sorted(CHECKS)}, got {name!r}")
 
 
+# effective logit variances (1 - r) sigma_s^2 of the large-logit grid (beyond the closure's v <~ 2)
+LOGIT_VARS = (2.56, 3.5, 6.5, 13.0, 20.0)
+LOGIT_COMPONENTS = ("softmax", "attention", "attention_causal")
+
+
+def logit_grid(name: str) -> list[dict]:
+    """Large logit variance: v = (1 - r_x) sigma_s^2 in `LOGIT_VARS` at d 64 (attention: d_model =
+    d_head = 64, L 16 and 64, input correlation 0 and 0.5, no dropout; softmax: L 300 and 1000).
+    The attention multiplier m_qk sets sigma_s^2 = m_qk^4 sigma_x^4 (sigma_x = 1)."""
+    if name not in LOGIT_COMPONENTS:
+        raise ValueError(f"grid 'logit' covers {', '.join(LOGIT_COMPONENTS)}; got component {name!r}")
+    pts = []
+    for v in LOGIT_VARS:
+        for rx in (0.0, 0.5):
+            if name == "softmax":
+                for L in (300, 1000):
+                    pts.append(dict(sx=math.sqrt(v / (1.0 - rx)), rx=rx, sg=1.0, rg=0.0, L=L, runs=2000))
+                continue
+            for L in (16, 64):
+                pts.append(dict(sx=1.0, rx=rx, mv=1.0, mqk=(v / (1.0 - rx)) ** 0.25, p=0.0, sg=1.0,
+                                rg=0.0, d_in=64, d_k=64, L=L, runs=192, logit_var=v))
+    return pts
+
+
 def random_grid(name: str, n: int, seed: int) -> list[dict]:
     """``n`` independent random points from the authors' ranges (log-uniform scales, uniform
     correlations and dropout), with CPU-sized widths and lengths; ``seed`` fixes the draw."""
@@ -535,4 +559,4 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
     return pts
 
 
-__all__ = ["CHECKS", "authors_grid", "quick_grid", "random_grid"]
+__all__ = ["CHECKS", "authors_grid", "quick_grid", "random_grid", "logit_grid", "LOGIT_VARS", "LOGIT_COMPONENTS"]

@@ -44,33 +44,30 @@ def sample_field(runs: int, length: int, d: int, mean: float, std: float, corr: 
 
 
 def _offdiag_mean_cov(m: Any) -> float:
-    """Mean off-diagonal entry of the covariance matrix of the rows of m (variables x samples).
+    """Mean off-diagonal entry of the covariance matrix of the rows of m (variables x samples):
+    `deepscalelm.measure.stats.offdiag_mean_cov`."""
+    from ..measure.stats import offdiag_mean_cov
 
-    Equal to the mean off-diagonal entry of ``torch.cov(m)`` (denominator N - 1), computed without
-    forming the n x n matrix: sum_{i != j} C_ij = Var(sum_i m_i) - sum_i Var(m_i).
-    """
-    n, samples = m.shape
-    centred = m - m.mean(dim=1, keepdim=True)
-    total = float((centred.sum(dim=0) ** 2).sum()) / (samples - 1)
-    diag = float((centred * centred).sum()) / (samples - 1)
-    return (total - diag) / (n * (n - 1))
+    return offdiag_mean_cov(m)
 
 
 def measure(y: Any, hidden: bool = False) -> dict[str, float]:
     """Mean, variance and token covariance of y (runs, L, d) per the paper's component-check protocol.
 
-    With ``hidden`` also ``hidden_cov``: the mean covariance of two different hidden units of the
-    same token (d x (runs*L) matrix).
+    The statistic is `deepscalelm.measure.stats.token_moments` computed in y's own dtype (``cov``,
+    not divided by the variance; present when L > 1). With ``hidden`` also ``hidden_cov``: the mean
+    covariance of two different hidden units of the same token (d x (runs*L) matrix).
     """
+    from ..measure.stats import offdiag_mean_cov, token_moments
+
     y = y.detach()
     runs, length, d = y.shape
-    mean = float(y.mean())
-    var = float((y * y).mean()) - mean * mean
-    out = {"mean": mean, "var": var}
+    m = token_moments(y, dtype=None)
+    out = {"mean": m.mean, "var": m.var}
     if length > 1:
-        out["cov"] = _offdiag_mean_cov(y.permute(1, 0, 2).reshape(length, runs * d))
+        out["cov"] = m.cov
     if hidden and d > 1:
-        out["hidden_cov"] = _offdiag_mean_cov(y.permute(2, 0, 1).reshape(d, runs * length))
+        out["hidden_cov"] = offdiag_mean_cov(y.permute(2, 0, 1).reshape(d, runs * length))
     return out
 
 
