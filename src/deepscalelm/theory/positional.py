@@ -195,6 +195,8 @@ class _Win:
         d = head.d_model
         self.ss = d * d * head._qk(self.s2, self.s2) * self.s2 * self.s2
         self.v = (1.0 - head._key_corr(self.r)) * self.ss
+        if head.qk_norm is not None:   # bounded normed logits: moment-matched variance per window
+            self.v = np.array([head._sphere_var(float(x)) for x in self.v])
         self.S, self.Cm = window_masses_var(self.v)
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
         big = np.flatnonzero(self.v > CLOSURE_MAX_VAR)
