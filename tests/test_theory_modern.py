@@ -191,12 +191,12 @@ def test_gated_ffn_monte_carlo(name, m1, rx, p):
 
 # ------------------------------------------------------------------------- predict and schemes
 def test_predict_refuses_uncovered_fields():
-    for kw, msg in ((dict(position="none"), "position='none' is not covered"),
-                    (dict(n_heads=4, n_kv_heads=2), "n_kv_heads=2"),
-                    (dict(qk_norm="rmsnorm"), "qk_norm='rmsnorm' is not covered")):
-        with pytest.raises(ValueError, match=msg):
-            predict(ModelConfig(n_layers=2, **kw))
-    predict(ModelConfig(n_layers=2, n_heads=4, n_kv_heads=4))   # = n_heads: plain attention
+    with pytest.raises(ValueError, match="together with position='rope' is not covered"):
+        predict(ModelConfig(n_layers=2, position="rope", qk_norm="rmsnorm"))
+    for kw in (dict(position="none"), dict(n_heads=4, n_kv_heads=2), dict(qk_norm="rmsnorm"),
+               dict(qk_norm="layernorm"), dict(n_heads=4, n_kv_heads=4), dict(position="rope"),
+               dict(position="rope", n_heads=4, n_kv_heads=2)):
+        predict(ModelConfig(n_layers=2, **kw))   # covered (tests/test_theory_gqa_qknorm.py, test_theory_rope.py)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEME_FUNCTIONS))

@@ -65,8 +65,8 @@ from .softmax_quad import (
     window_sums_quad,
 )
 
-__all__ = ["Softmax", "Attention", "softmax_sq_mass", "softmax_masses", "jac_mass", "VALID_LOGIT_VAR",
-           "MC_CHECKED_LOGIT_VAR", "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
+__all__ = ["Softmax", "Attention", "sphere_logit_var", "softmax_sq_mass", "softmax_masses", "jac_mass",
+           "VALID_LOGIT_VAR", "MC_CHECKED_LOGIT_VAR", "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
 
 # Trapezoid rule on a standard normal variable z in [-_Z_MAX, _Z_MAX] with step _Z_STEP (17 nodes).
 # For the smooth integrands used below (powers of a logistic function of an affine function of z)
@@ -78,6 +78,37 @@ _WEIGHTS = [math.exp(-0.5 * z * z) for z in _NODES]
 _WSUM = sum(_WEIGHTS)
 _WEIGHTS = [w / _WSUM for w in _WEIGHTS]
 _NODE_WEIGHTS = tuple(zip(_NODES, _WEIGHTS))
+
+_QK_NORMS = (None, "rmsnorm", "layernorm")
+
+
+def _sphere_mgf(a: float, m: float) -> float:
+    """E[e^{a c}] for c the first coordinate of a uniform unit vector in R^m:
+    Gamma(m/2) (2/a)^{m/2-1} I_{m/2-1}(a) = sum_k (a^2/4)^k / (k! (m/2)_k)."""
+    x, term, total = a * a / 4.0, 1.0, 1.0
+    half = m / 2.0
+    for k in range(1, 400):
+        term *= x / (k * (half + k - 1.0))
+        total += term
+        if term < 1e-16 * total:
+            break
+    return total
+
+
+def sphere_logit_var(v: float, m: float) -> float:
+    """Effective Gaussian logit variance of QK-normed logits (docs/theory.md, "QK-norm").
+
+    After a per-head norm the key-fluctuating part of a logit is u = sqrt(v m) c, c the cosine between
+    the query and a key direction uniform in R^m (m = d_head, or d_head - 1 for LayerNorm): variance
+    v but bounded, |u| <= sqrt(v m), with lighter tails than a Gaussian. The softmax moments of the
+    engine take a Gaussian logit of variance v_eff; QK-norm uses v_eff = log(E[e^{2u}] / E[e^u]^2),
+    which is exact for the Gaussian (-> v as m -> infinity) and for the sphere gives the same
+    log-normal (Fenton-Wilkinson) variance of e^u: 0.848 at v = 1, m = 16 (0.911 at m = 32).
+    """
+    if v <= 0.0:
+        return 0.0
+    a = math.sqrt(v * m)
+    return math.log(_sphere_mgf(2.0 * a, m)) - 2.0 * math.log(_sphere_mgf(a, m))
 
 # windows up to this size get their own quadrature; beyond it S_n and C_n are computed at doubling
 # window sizes and interpolated in between as n S_n = alpha + beta/n, n^2 C_n = gamma + delta/n
@@ -585,12 +616,21 @@ class Attention:
     ``qk_grad`` (default True) add the Q/K path to the gradient, False gives exactly the paper's
     value-path formula (with ``exact=False``). Validity: first order in the logit fluctuations of
     the coupling terms; accurate for logit variance sigma_s^2 = d^2 q_var k_var sigma^4 <~ 1.
+
+    ``qk_norm`` (None, "rmsnorm", "layernorm"): q and k are normalised per head over d_head (gain 1)
+    before the logits (docs/theory.md, "QK-norm"). With n = d_head (rmsnorm) or d_head - 1
+    (layernorm, which also removes the mean), the logit variance is d_head / n whatever q_var, k_var
+    and the input scale, the keys' token correlation becomes r (1 - (1 - r^2)/(2n)) (the norm's
+    correlation map), and the Q and K gradient paths are those of the unnormalised head at the same
+    logit variance times (n - 1)/(n - 2): E[d_head/|q|^2] = d_head/((n - 2) sigma_q^2) for the
+    random per-token norm, times the (n - 1)/n of the gradient left by the norm's projection.
+    Needs n >= 3.
     """
 
     def __init__(self, d_model: int, d_head: int, seq_len: int, q_var: float, k_var: float,
                  v_var: float, attn_dropout: float = 0.0, causal: bool = False, *,
                  exact: bool = True, qk_grad: bool = True, q_len: int | None = None,
-                 rope: bool = False, rope_base: float = 10000.0) -> None:
+                 rope: bool = False, rope_base: float = 10000.0, qk_norm: str | None = None) -> None:
         _check_int("d_model", d_model, 1)
         _check_int("d_head", d_head, 1)
         _check_int("seq_len", seq_len, 1 if causal else 2)
@@ -602,6 +642,14 @@ class Attention:
             raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
         if q_len is not None:
             _check_int("q_len", q_len, 1)
+        if qk_norm not in _QK_NORMS:
+            raise ValueError(f"qk_norm must be one of None, 'rmsnorm', 'layernorm', got {qk_norm!r}")
+        n_eff = d_head - (qk_norm == "layernorm")
+        if qk_norm is not None and n_eff < 3:
+            raise ValueError(f"qk_norm={qk_norm!r} needs d_head >= {4 if qk_norm == 'layernorm' else 3}, "
+                             f"got d_head={d_head}")
+        self.qk_norm = qk_norm
+        self._norm_n = float(n_eff)
         self.d_model, self.d_head, self.seq_len = d_model, d_head, seq_len
         self.q_var, self.k_var, self.v_var = float(q_var), float(k_var), float(v_var)
         self.attn_dropout = float(attn_dropout)
@@ -623,6 +671,35 @@ class Attention:
             self._geo = rope_geometry(d_head, rope_base, seq_len)   # validates d_head even, base > 1
 
     # ----------------------------------------------------------------------------- helpers
+    def _qk(self, s2x: float, s2k: float) -> float:
+        """q_var * k_var, or with ``qk_norm`` the product that gives the normed logit variance
+        d_head / n at query/key input second moments s2x, s2k (the head then acts as one with
+        unit-second-moment q and k entries)."""
+        if self.qk_norm is None:
+            return self.q_var * self.k_var
+        m = self.d_model * self.d_model * s2x * s2k
+        return self.d_head / self._norm_n / m if m > 0 else 0.0
+
+    def _key_corr(self, rk):
+        """Token correlation of the keys entering the logits (float or numpy array): ``rk``, or
+        with ``qk_norm`` the per-head norm's map r (1 - (1 - r^2)/(2n))."""
+        if self.qk_norm is None:
+            return rk
+        return rk * (1.0 - (1.0 - rk * rk) / (2.0 * self._norm_n))
+
+    def _sphere_var(self, v: float) -> float:
+        """With ``qk_norm``, the Gaussian logit variance with the same E[e^{2u}]/E[e^u]^2 as the
+        normed logits (see `sphere_logit_var`); ``v`` itself without."""
+        if self.qk_norm is None or v <= 0.0:
+            return v
+        return sphere_logit_var(v, self._norm_n)
+
+    def _qk_grad_gain(self) -> float:
+        """Factor on the Q and K gradient paths: 1, or (n - 1)/(n - 2) with ``qk_norm``."""
+        if self.qk_norm is None:
+            return 1.0
+        return (self._norm_n - 1.0) / (self._norm_n - 2.0)
+
     def _table(self, v: float) -> "_SqMassTable | _MassSums":
         return _window_sums(self.seq_len, v)
 
@@ -666,9 +743,10 @@ class Attention:
         else:
             s2k, rk = _fold_mean(kv)
         d = self.d_model
-        qk = self.q_var * self.k_var
+        qk = self._qk(s2x, s2k)
         ss = d * d * qk * s2x * s2k                 # logit variance sigma_s^2
-        v = (1.0 - rk) * ss                         # effective (key-to-key) logit variance
+        # effective (key-to-key) logit variance; QK-norm: bounded logits, moment-matched variance
+        v = self._sphere_var((1.0 - self._key_corr(rk)) * ss)
         if v > MAX_LOGIT_VAR:
             raise LogitVarianceError(
                 f"attention logit variance (1 - r) sigma_s^2 = {v:.3g} exceeds {MAX_LOGIT_VAR:g} "
@@ -715,7 +793,7 @@ class Attention:
         d, L = self.d_model, self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
         # logit-coupling scale: d q k sigma_x^2 sigma_kv^4 (the authors' d q k sigma^6 for self-attention)
-        t = d * self.q_var * self.k_var * s2x * s2k * s2k
+        t = d * self._qk(s2x, s2k) * s2x * s2k * s2k
         c2 = (1.0 - rk) ** 2 * t
         if not self.exact:
             if self.causal:
@@ -874,8 +952,8 @@ class Attention:
         d = self.d_model
         a = 1.0 / (1.0 - self.attn_dropout)
         # sigma_s^2 with the query variance replaced by the key/value variance (gradient wrt x)
-        skv = d * d * self.q_var * self.k_var * s2k * s2k
-        scale = skv * (1.0 - rk) * self.d_head * self.v_var * g.var
+        skv = d * d * self._qk(s2x, s2k) * s2k * s2k
+        scale = skv * (1.0 - rk) * self.d_head * self.v_var * g.var * self._qk_grad_gain()
         # coherent term: for fixed weights the key K_j and the value V_j (hence g_i . V_j) of the
         # same token are correlated, so sum_j dS_ij K_j has a component that does not average out
         # over the n keys: (sigma_s^2/d) (1-r)^2 (1-S_n)^2 relative to the value-path scale.
@@ -899,7 +977,7 @@ class Attention:
         s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
-        scale = ss * self.d_head * self.v_var * g.var
+        scale = ss * self.d_head * self.v_var * g.var * self._qk_grad_gain()
         rg = g.corr
         rho1 = self._rho(rx, v) - 1.0 if self.exact else 0.0     # see _value_path
         if self.causal:

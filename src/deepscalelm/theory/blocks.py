@@ -170,6 +170,19 @@ class AttentionBlock:
     rotary positions (`Attention`, docs/rope.md; self-attention only). ``kv`` (cross-attention) gives
     the moments of the key/value stream; then `backward` is the gradient at the query input and
     `backward_kv` the one at the key/value input.
+
+
+    ``n_kv_heads`` (None: ``n_heads``; must divide it): grouped-query attention, the query heads of a
+    group of ``n_heads / n_kv_heads`` share one key and one value projection. Every second moment is
+    the same as with ``n_heads`` key/value heads (docs/theory.md, "Grouped-query attention"): the
+    output projection's slices O_h of different heads are independent and zero-mean, so every
+    cross-term between two heads, forward (y = sum_h A_h V_g O_h) and backward (the gradient at a
+    head's output is g_h = g O_h^T), is linear in O_h and in O_h' and vanishes in expectation, also
+    when the two heads share K and V. Sharing changes how much the moments fluctuate from one weight
+    draw to the next, not their expectation.
+
+    ``qk_norm`` (None, "rmsnorm", "layernorm"): a per-head norm (gain 1, over d_head) of q and k
+    before the logits; see `deepscalelm.theory.attention.Attention`.
     """
 
     d_model: int
@@ -185,6 +198,8 @@ class AttentionBlock:
     kv_len: int | None = None
     rope: bool = False
     rope_base: float = 10000.0
+    n_kv_heads: int | None = None
+    qk_norm: str | None = None
     _head: object = field(init=False, repr=False, compare=False)
     _proj: Linear = field(init=False, repr=False, compare=False)
     _drop: Dropout = field(init=False, repr=False, compare=False)
@@ -194,16 +209,21 @@ class AttentionBlock:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model must be divisible by n_heads, got {self.d_model} and {self.n_heads}")
+        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool)
+                                            or self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_kv_heads must be None or a positive integer dividing n_heads={self.n_heads}, "
+                             f"got {self.n_kv_heads!r}")
         # cross-attention over a memory of kv_len keys: seq_len queries attend to kv_len keys
         head = Attention(self.d_model, self.d_model // self.n_heads,
                          self.seq_len if self.kv_len is None else self.kv_len,
                          self.q_var, self.k_var, self.v_var, attn_dropout=self.attn_dropout,
-                         causal=self.causal, q_len=self.seq_len, rope=self.rope, rope_base=self.rope_base)
+                         causal=self.causal, q_len=self.seq_len, rope=self.rope, rope_base=self.rope_base,
+                         qk_norm=self.qk_norm)
         object.__setattr__(self, "_head", head)
         # what the head's v_var-free moments depend on (see head_output)
         object.__setattr__(self, "_head_key", (self.d_model, self.n_heads, head.seq_len, head.q_len,
                                                head.q_var, head.k_var, head.attn_dropout, head.causal,
-                                               head.exact, head.rope, head.rope_base))
+                                               head.exact, head.rope, head.rope_base, head.qk_norm))
         object.__setattr__(self, "_proj", Linear(self.d_model, self.d_model, self.o_var))
         object.__setattr__(self, "_drop", Dropout(self.dropout))
 

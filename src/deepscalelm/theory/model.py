@@ -62,7 +62,7 @@ class _UnitVOSchedule:
         c, wv = self.config, self.weight_var
         return _attention_block(c.d_model, c.n_heads, c.seq_len, wv(name + ".q.weight"),
                                 wv(name + ".k.weight"), 1.0, 1.0, c.attn_dropout, c.dropout,
-                                causal and block == "attn", *_rope_args(c, block))
+                                causal and block == "attn", c.kv_heads, c.qk_norm, *_rope_args(c, block))
 
     def choose(self, name: str, var1: float) -> float:
         s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / self.config.d_model
@@ -96,17 +96,18 @@ def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
     """Moments of the embedding output after embedding dropout (the paper's Zipf embedding correlation).
 
     Token table: correlation = P(two positions share a token) (`ModelConfig.token_repeat_prob`);
-    learned positions: 0; token types (one segment): 1. ViT: patch projection of unit-variance,
-    uncorrelated pixels plus the class token (weight 1/L of the positions). ``config.r0``, when set,
-    replaces the computed correlation of the sum.
+    learned positions: 0 (no table for ``position`` "rope" or "none"); token types (one segment): 1.
+    ViT: patch projection of unit-variance, uncorrelated pixels plus the class token (weight 1/L of
+    the positions). ``config.r0``, when set, replaces the computed correlation of the sum.
     """
+    learned = config.position == "learned"
     wv = scheme.weight_var
     if config.arch == "vit":
         c = config.channels * config.patch_size ** 2
         patch = Linear(c, config.d_model, wv["patch_emb.weight"]).forward(Signal(0.0, 1.0, 0.0))
         n = config.seq_len
         tok = Signal(0.0, ((n - 1) * patch.var + wv["cls_token"]) / n, 0.0)
-        parts = [tok, Signal(0.0, wv["pos_emb.weight"], 0.0)]
+        parts = [tok] + ([Signal(0.0, wv["pos_emb.weight"], 0.0)] if learned else [])
     else:
         parts = [Embedding(config.vocab_size, wv[f"{stack}tok_emb.weight"],
                            config.token_repeat_prob, config.seq_len).forward()]
@@ -147,27 +148,24 @@ def _rope_args(config: ModelConfig, block: str) -> tuple[bool, float]:
 def check_covered(config: ModelConfig) -> None:
     """Raise ValueError naming the first field of ``config`` whose setting the theory does not model.
 
-    RoPE / no positions, grouped-query attention and QK-norm change the attention moments; until
-    their formulas exist `predict` refuses them instead of silently treating them as the default.
+    Rotary positions change the attention moments; until their formulas exist `predict` refuses
+    them instead of silently treating them as the default. Grouped-query attention (``n_kv_heads``),
+    QK-norm (``qk_norm``) and ``position="none"`` are covered.
     """
-    if config.position not in ("learned", "rope"):
-        raise ValueError(f"position={config.position!r} is not covered by the theory yet "
-                         f"(covered: 'learned', 'rope')")
-    if config.kv_heads != config.n_heads:
-        raise ValueError(f"n_kv_heads={config.n_kv_heads!r} (grouped-query attention, n_heads="
-                         f"{config.n_heads}) is not covered by the theory yet (covered: None or n_heads)")
-    if config.qk_norm is not None:
-        raise ValueError(f"qk_norm={config.qk_norm!r} is not covered by the theory yet (covered: None)")
+    if config.position == "rope" and config.qk_norm is not None:
+        raise ValueError(f"qk_norm={config.qk_norm!r} together with position='rope' is not covered by the theory "
+                         "yet (each is covered alone)")
 
 
 @lru_cache(maxsize=4096)
 def _attention_block(d_model: int, n_heads: int, seq_len: int, q_var: float, k_var: float,
                      v_var: float, o_var: float, attn_dropout: float, dropout: float,
-                     causal: bool, rope: bool = False, rope_base: float = 10000.0) -> AttentionBlock:
+                     causal: bool, n_kv_heads: int | None = None, qk_norm: str | None = None,
+                     rope: bool = False, rope_base: float = 10000.0) -> AttentionBlock:
     # positional arguments only: a cheaper cache key than keywords
     return AttentionBlock(d_model, n_heads, seq_len, q_var, k_var, v_var, o_var,
-                          attn_dropout=attn_dropout, dropout=dropout, causal=causal, rope=rope,
-                          rope_base=rope_base)
+                          attn_dropout=attn_dropout, dropout=dropout, causal=causal,
+                          n_kv_heads=n_kv_heads, qk_norm=qk_norm, rope=rope, rope_base=rope_base)
 
 
 def post_ln_forward(ln: LayerNorm, z: Signal, share: float) -> Signal:
@@ -200,7 +198,7 @@ def _make_block(config: ModelConfig, wv: Callable[[str], float], name: str, bloc
     return _attention_block(config.d_model, config.n_heads, config.seq_len, wv(name + ".q.weight"),
                             wv(name + ".k.weight"), wv(name + ".v.weight"), wv(name + ".o.weight"),
                             config.attn_dropout, config.dropout, causal and block == "attn",
-                            *_rope_args(config, block))
+                            config.kv_heads, config.qk_norm, *_rope_args(config, block))
 
 
 def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
@@ -251,7 +249,8 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                 # the block with V = O = s: the unit-V/O block with those two variances replaced
                 comp = _attention_block(d, n_heads, seq_len, weight_var(name + ".q.weight"),
                                         weight_var(name + ".k.weight"), 1.0, 1.0, attn_p, p,
-                                        causal and block == "attn", *_rope_args(config, block))._with_vo(s, s)
+                                        causal and block == "attn", config.kv_heads, config.qk_norm,
+                                        *_rope_args(config, block))._with_vo(s, s)
                 f, trace = comp._trace(h, kv)
             elif block == "ffn":
                 # the FFN map depends on the name only through its two weight variances

@@ -7,11 +7,13 @@ Python, keeps the theory free of torch while letting `deepscalelm.apply_scheme` 
 
 Weights, with (rows, cols) = PyTorch shape (for linear layers: (fan_out, fan_in)):
 
-* embeddings: ``{stack}tok_emb.weight`` (V, d), ``{stack}pos_emb.weight`` (L, d) for ``position="learned"``,
+* embeddings: ``{stack}tok_emb.weight`` (V, d), ``{stack}pos_emb.weight`` (L, d) (only for
+  ``position="learned"``: rotary and absent positions have no table),
   ``{stack}type_emb.weight`` (n_token_types, d) when ``n_token_types > 0``;
-  ViT: ``patch_emb.weight`` (d, C*P*P), ``cls_token`` (1, d), ``pos_emb.weight`` (L, d).
+  ViT: ``patch_emb.weight`` (d, C*P*P), ``cls_token`` (1, d), ``pos_emb.weight`` (L, d) (learned only).
 * per layer i (0-based, as in ``model.layers[i]``):
-  ``{stack}layers.{i}.attn.{q,k,v,o}.weight`` (d, d);
+  ``{stack}layers.{i}.attn.{q,o}.weight`` (d, d), ``{stack}layers.{i}.attn.{k,v}.weight``
+  (n_kv_heads * d_head, d) (= (d, d) without grouped-query attention);
   decoder of an encoder-decoder: ``decoder.layers.{i}.cross.{q,k,v,o}.weight`` (d, d);
   ``{stack}layers.{i}.ffn.fc1.weight`` (d_ff, d), ``{stack}layers.{i}.ffn.fc2.weight`` (d, d_ff);
   gated activations (swiglu, geglu) also ``{stack}layers.{i}.ffn.fc3.weight`` (d_ff, d), the up
@@ -41,16 +43,19 @@ def layer_blocks(config: ModelConfig, stack: str) -> tuple[str, ...]:
 def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
     """Every weight of the model built from ``config``: name -> (rows, cols) as in PyTorch."""
     d, f, L, V = config.d_model, config.ffn_dim, config.seq_len, config.vocab_size
+    learned = config.position == "learned"
+    kv = config.kv_heads * config.d_head   # rows of the K and V projections
     shapes: dict[str, tuple[int, int]] = {}
     for stack, n_layers, _causal in config.stacks():
         if config.arch == "vit":
             c = config.channels * config.patch_size ** 2
             shapes["patch_emb.weight"] = (d, c)
             shapes["cls_token"] = (1, d)
-            shapes["pos_emb.weight"] = (L, d)
+            if learned:
+                shapes["pos_emb.weight"] = (L, d)
         else:
             shapes[f"{stack}tok_emb.weight"] = (V, d)
-            if config.position == "learned":  # rotary or no positions: no table
+            if learned:
                 shapes[f"{stack}pos_emb.weight"] = (L, d)
             if config.n_token_types > 0 and config.arch == "encoder":
                 shapes[f"{stack}type_emb.weight"] = (config.n_token_types, d)
@@ -63,7 +68,7 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
                     shapes[f"{stack}layers.{i}.ffn.fc2.weight"] = (d, f)
                 else:
                     for w in "qkvo":
-                        shapes[f"{stack}layers.{i}.{block}.{w}.weight"] = (d, d)
+                        shapes[f"{stack}layers.{i}.{block}.{w}.weight"] = (kv, d) if w in "kv" else (d, d)
     if config.arch == "encoder":
         shapes["mlm_dense.weight"] = (d, d)
     if config.arch == "vit":
@@ -82,15 +87,18 @@ def merge_names(config: ModelConfig) -> list[str]:
     return names
 
 
+def has_type_table(config: ModelConfig) -> bool:
+    """Whether the model has a token-type table (encoders with ``n_token_types > 0``)."""
+    return config.n_token_types > 0 and config.arch == "encoder"
+
+
 def n_embedding_tables(config: ModelConfig) -> int:
-    """Number of tables summed into the embedding output (token/patch, learned position, token type).
-
-    Rotary (``position="rope"``) and absent (``"none"``) positions add no table: the token embedding
-    alone carries the embedding variance."""
+    """Number of tables summed into the embedding output: token (ViT: patch projection + class
+    token), the learned position table (``position="learned"`` only) and the token-type table."""
+    pos = 1 if config.position == "learned" else 0
     if config.arch == "vit":
-        return 2
-    learned = 1 if config.position == "learned" else 0
-    return 1 + learned + (1 if (config.n_token_types > 0 and config.arch == "encoder") else 0)
+        return 1 + pos
+    return 1 + pos + (1 if has_type_table(config) else 0)
 
 
-__all__ = ["weight_shapes", "merge_names", "layer_blocks", "n_embedding_tables"]
+__all__ = ["weight_shapes", "merge_names", "layer_blocks", "n_embedding_tables", "has_type_table"]

@@ -206,14 +206,14 @@ class _Win:
         r[0] = r[1] if L > 1 else 0.0
         self.r = np.clip(r, -1.0, 1.0)
         d = head.d_model
-        self.ss = d * d * head.q_var * head.k_var * self.s2 * self.s2
+        self.ss = d * d * head._qk(self.s2, self.s2) * self.s2 * self.s2
         # rotary positions (docs/rope.md): window n sees the key correlation r_n c_off(n); the
         # query-pair kernel Kc and centring D of the shared logit part enter rho (`rho1`)
         self.rope = head._geo.pair_matrices() if getattr(head, "rope", False) else None
-        if self.rope is None:
-            self.v = (1.0 - self.r) * self.ss
-        else:
-            self.v = (1.0 - self.r * self.rope[3]) * self.ss
+        kc = head._key_corr(self.r)
+        self.v = (1.0 - kc) * self.ss if self.rope is None else (1.0 - kc * self.rope[3]) * self.ss
+        if head.qk_norm is not None:   # bounded normed logits: moment-matched variance per window
+            self.v = np.array([head._sphere_var(float(x)) for x in self.v])
         self.S, self.Cm = window_masses_var(self.v)
         self.J = np.maximum(self.S - 2.0 * self.Cm + self.S * self.S, 0.0)
         big = np.flatnonzero(self.v > CLOSURE_MAX_VAR)
@@ -239,7 +239,7 @@ def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndar
     w = _Win(head, K) if win is None else win
     s2, r, S = w.s2, w.r, w.S
     a = 1.0 / (1.0 - head.attn_dropout)
-    t = d * head.q_var * head.k_var * s2 ** 3
+    t = d * head._qk(s2, s2) * s2 ** 3
     c2 = (1.0 - r) ** 2 * t
     n = geo.n
     cf = 1.0 if w.rope is None else w.rope[2]               # rotated keys shrink the key-side coupling
@@ -311,6 +311,7 @@ def _attention_backward(comp, x, G: np.ndarray, win: "_Win | None" = None) -> np
     w[np.diag_indices(L)] = 0.0
 
     ss, r, s, jm = win.ss, win.r, win.S, win.J
+    ss = ss * head._qk_grad_gain()   # ss enters only the Q and K paths below (QK-norm gain)
     mx = geo.maxidx
     rM = r[mx]                                            # window correlation of the later query
     rho1 = _rho1(win, geo)  # query pair i, k: e^{C_ik v} - 1

@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 
 from ..config import ModelConfig
 from .components import gelu_moments, silu_moments
-from .naming import layer_blocks, merge_names, n_embedding_tables, weight_shapes
+from .naming import has_type_table, layer_blocks, merge_names, n_embedding_tables, weight_shapes
 
 # E[GeLU(z)^2] for z ~ N(0, 1) (the paper's Table 1, GeLU): the forward gain of GeLU at unit input.
 GELU_SECOND_MOMENT = 0.42522
@@ -174,15 +174,16 @@ def embedding_corr(config: ModelConfig) -> float:
     """Token correlation of the summed embedding before dropout (the paper's Zipf embedding correlation), equal table variances.
 
     r0 = sum over tables of (var_table / var_total) * P(two positions share a row of that table):
-    token table: `ModelConfig.token_repeat_prob`; learned positions: 0 (rotary ones add no table); token
-    types: 1 (one segment);
-    ViT patches: 0 (patch pixels are treated as independent).
+    token table: `ModelConfig.token_repeat_prob`; learned positions: 0; token types: 1 (one segment);
+    ViT patches: 0 (patch pixels are treated as independent). Only existing tables count
+    (`n_embedding_tables`): without a position table (``position`` "rope" or "none") a decoder's
+    r0 is the token repeat probability itself.
     """
     t = n_embedding_tables(config)
     if config.arch == "vit":
         return 0.0
     share = config.token_repeat_prob
-    if config.n_token_types > 0 and config.arch == "encoder":
+    if has_type_table(config):
         share += 1.0
     return share / t
 
