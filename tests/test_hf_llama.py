@@ -88,9 +88,11 @@ def test_from_hf_maps_the_llama_family():
         ModelConfig.from_hf(hf_config("llama", hidden_act="relu"))
 
 
-def test_predict_refuses_rope_clearly():
-    with pytest.raises(ValueError, match="position='rope' is not covered by the theory yet"):
-        predict(ModelConfig.from_hf(hf_config("llama"), scheme="dslm"))
+def test_predict_covers_llama_and_refuses_qwen3_rope_with_qk_norm_clearly():
+    traj = predict(ModelConfig.from_hf(hf_config("llama"), scheme="dslm"))
+    assert all(abs(v - 1.0) < 0.05 for v in traj.column("var")[1:])  # DSLM: unit stream variance
+    with pytest.raises(ValueError, match="together with position='rope' is not covered"):
+        predict(ModelConfig.from_hf(hf_config("qwen3"), scheme="dslm"))
 
 
 def test_explicit_forward_matches_stock_at_unit_merges():
