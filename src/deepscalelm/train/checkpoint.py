@@ -22,8 +22,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
