@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--split", default="val", help="split of the run's data: train, val or test (default val)")
-    g.add_argument("--file", metavar="PATH", help="text file or directory to evaluate on (encoded with the run's tokenizer)")
+    g.add_argument("--file", metavar="PATH",
+                   help="text file or directory to evaluate on (encoded with the run's tokenizer)")
     p.add_argument("--max-batches", type=int, default=None, help="cap the number of batches (default: whole split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
