@@ -4,8 +4,8 @@ A stack of causal self-attention blocks (``--blocks attn``) or attention + FFN l
 (``--blocks full``), Pre-LN or Post-LN, initialised with a scheme of `deepscalelm.theory.schemes`,
 is fed a Gaussian input with token correlation ``--r0`` (unit variance) and seeded with an i.i.d.
 unit Gaussian gradient at the top (after the final LayerNorm for Pre-LN). Measured: pooled gradient
-variance and correlation at every layer output (the paper's component-check protocol estimator), averaged over ``--seeds``
-weight draws. Predicted: the theory's block chain with the position-resolved backward
+variance and correlation at every layer output (the paper's component-check protocol estimator), averaged
+over ``--seeds`` weight draws. Predicted: the theory's block chain with the position-resolved backward
 (`deepscalelm.theory.positional.causal_backward`) and, for reference, the older pooled backward.
 
     PYTHONPATH=src python benchmarks/causal_stack.py [--depths 8 48 --norms pre post
@@ -83,7 +83,8 @@ def measure(cfg, scheme, names, r0, batch, seeds, pre):
         out = torch.nn.functional.layer_norm(h, (d,)) if pre else h
         out.backward(torch.randn(out.shape, generator=gen, dtype=torch.float64))
         res = [pooled_moments(p.grad.detach()) for p in pts]
-        acc = res if acc is None else [(a[0] + b[0], a[1] + b[1], a[2] + b[2]) for a, b in zip(acc, res)]
+        acc = res if acc is None else [(a[0] + b[0], a[1] + b[1], a[2] + b[2])
+                                       for a, b in zip(acc, res, strict=True)]
     return [(v / seeds, c / seeds, pv / seeds) for v, c, pv in acc]
 
 
@@ -91,7 +92,7 @@ def predict_stack(cfg, scheme, names, r0, pre, positional=True):
     ln = LayerNorm(cfg.d_model)
     x = Signal(0.0, 1.0, r0)
     steps = []
-    for i, (name, kind) in enumerate(names):
+    for name, kind in names:
         h = ln.forward(x) if pre else x
         comp = _make_block(cfg, scheme.weight_var.__getitem__, name, kind, True)
         f = comp.forward(h)
@@ -117,10 +118,10 @@ def run(depth, norm, scheme_name, blocks, r0, batch, seeds, dropout, verbose):
     meas = measure(cfg, scheme, names, r0, batch, seeds, pre)
     new = predict_stack(cfg, scheme, names, r0, pre)
     old = predict_stack(cfg, scheme, names, r0, pre, positional=False)
-    ev_new = [abs(m[0] / p.var - 1) for m, p in zip(meas, new)]
-    ev_old = [abs(m[0] / p.var - 1) for m, p in zip(meas, old)]
-    ec_new = [abs(m[1] - p.corr) for m, p in zip(meas, new)]
-    ec_old = [abs(m[1] - p.corr) for m, p in zip(meas, old)]
+    ev_new = [abs(m[0] / p.var - 1) for m, p in zip(meas, new, strict=True)]
+    ev_old = [abs(m[0] / p.var - 1) for m, p in zip(meas, old, strict=True)]
+    ec_new = [abs(m[1] - p.corr) for m, p in zip(meas, new, strict=True)]
+    ec_old = [abs(m[1] - p.corr) for m, p in zip(meas, old, strict=True)]
     if verbose:
         print(f"\n{blocks} {norm} {scheme_name} depth {depth}  (point 0 = stack input)")
         print(f"{'pt':>4} {'meas gvar':>10} {'corr':>7} | {'new gvar':>10} {'corr':>7} | {'old gvar':>10} {'corr':>7}")

@@ -78,7 +78,8 @@ def main() -> None:
                "gvar_first_over_last": mg[0] / mg[-1], "pred_gvar_first_over_last": pg[0] / pg[-1],
                "curves": {"var": mv, "pred_var": pv, "gvar": mg, "pred_gvar": pg}}
         results[f"{norm}/{scheme}"] = res
-        print(f"{norm:4s} {scheme:7s} ({time.time() - t0:5.1f} s)  stream var [{res['var_min']:.4g}, {res['var_max']:.4g}] "
+        print(f"{norm:4s} {scheme:7s} ({time.time() - t0:5.1f} s)  "
+              f"stream var [{res['var_min']:.4g}, {res['var_max']:.4g}] "
               f"(pred [{res['pred_var_min']:.4g}, {res['pred_var_max']:.4g}])  var last/first {res['var_growth']:.4g} "
               f"(pred {res['pred_var_growth']:.4g})  grad var max/min {res['gvar_max_over_min']:.4g} "
               f"(pred {res['pred_gvar_max_over_min']:.4g})  grad var first/last {res['gvar_first_over_last']:.4g} "

@@ -77,7 +77,8 @@ def main() -> None:
         for ckpt in (False, True):
             results.append(run(depth, ckpt, args))
             r = results[-1]
-            print(f"  {depth:5d} layers ckpt={str(ckpt):5s} params {r['params_M']:7.1f} M  peak RSS {r['peak_gib']:6.2f} GiB "
+            print(f"  {depth:5d} layers ckpt={str(ckpt):5s} params {r['params_M']:7.1f} M  "
+                  f"peak RSS {r['peak_gib']:6.2f} GiB "
                   f"(after build {r['after_build_gib']:5.2f})  step {r['step_s']:6.1f} s", flush=True)
     big = run(args.depth, True, args)
     print(f"  {args.depth:5d} layers ckpt=True  params {big['params_M']:7.1f} M  peak RSS {big['peak_gib']:6.2f} GiB "

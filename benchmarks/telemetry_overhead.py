@@ -53,7 +53,7 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        for i in range(5):  # warm-up
+        for _i in range(5):  # warm-up
             step_plain()
         # steps alternate plain / telemetry one by one, so drifts of a shared machine hit both alike
         plain, telem, recorded = [], [], []
@@ -80,7 +80,7 @@ def main() -> None:
     print(f"plain step {1e3 * step:.2f} ms; recorded step {1e3 * rec:.2f} ms (x{rec / step:.2f} of a plain step)")
     print(f"every={args.every}: time with telemetry / without = {ratio:.4f} -> overhead {100 * (ratio - 1):+.2f}% "
           f"(expected from the recorded step: {100 * (rec / step - 1) / args.every:+.2f}%)")
-    print("per-block ratios: " + ", ".join(f"{t / p:.3f}" for t, p in zip(telem, plain)))
+    print("per-block ratios: " + ", ".join(f"{t / p:.3f}" for t, p in zip(telem, plain, strict=True)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Full-grid component validation (the paper's component-check protocol grids), the long benchmark behind docs/validation.md.
+"""Full-grid component validation (the grids of the paper's component-check protocol), the long benchmark
+behind docs/validation.md.
 
 Runs every component on the authors' full grids in float32 (as the authors did), optionally
 subsampled (``--stride N`` keeps every N-th grid point; ``--max-entries`` caps the Monte-Carlo runs

@@ -61,7 +61,8 @@ class Log:
         import torch
 
         self.data = {"study": study, "quick": quick,
-                     "command": "PYTHONPATH=src python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                     "command": "PYTHONPATH=src python "
+                                + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
                      "args": args,
                      "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                  "torch": torch.__version__, "python": platform.python_version(),

@@ -30,7 +30,8 @@ def s2(sfx, out):
     if not d:
         return
     print("\n### s2: depth sweeps\n")
-    print("| N | norm | scheme | stream var first -> last (pred) | grad var first/last (pred) | grad-var factor per layer (pred) | log-linear R^2 | extra |")
+    print("| N | norm | scheme | stream var first -> last (pred) | grad var first/last (pred) "
+          "| grad-var factor per layer (pred) | log-linear R^2 | extra |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for r in d["runs"]:
@@ -43,25 +44,32 @@ def s2(sfx, out):
             e_p = -np.polyfit(np.log(c["pred_var"]), np.log(c["pred_grad_var"]), 1)[0]
             row.update(var_slope=s["var_slope"], pred_var_slope=s["pred_var_slope"], var_fit_r2=s["var_fit_r2"],
                        gvar_power_of_var=e_m, pred_gvar_power_of_var=e_p)
-            extra = (f"linear fit var_n: slope {s['var_slope']:.2f}/layer (pred {s['pred_var_slope']:.2f}), R^2 {s['var_fit_r2']:.3f}; "
+            extra = (f"linear fit var_n: slope {s['var_slope']:.2f}/layer (pred {s['pred_var_slope']:.2f}), "
+                     f"R^2 {s['var_fit_r2']:.3f}; "
                      f"grad_var ~ var^-{e_m:.2f} (pred ^-{e_p:.2f})")
         else:
-            extra = f"stream var range [{s['var_min']:.3f}, {s['var_max']:.3f}]; grad var max/min {s['gvar_max_over_min']:.3g} (pred {s['pred_gvar_max_over_min']:.3g})"
+            extra = (f"stream var range [{s['var_min']:.3f}, {s['var_max']:.3f}]; "
+                     f"grad var max/min {s['gvar_max_over_min']:.3g} (pred {s['pred_gvar_max_over_min']:.3g})")
             row.update(var_min=s["var_min"], var_max=s["var_max"], gvar_max_over_min=s["gvar_max_over_min"],
                        pred_gvar_max_over_min=s["pred_gvar_max_over_min"])
         row.update(gvar_first_over_last=s["gvar_first_over_last"], pred=s["pred_gvar_first_over_last"],
                    factor=s["gvar_factor_per_layer"], pred_factor=s["pred_gvar_factor_per_layer"],
                    loglinear_r2=s["gvar_loglinear_r2"])
         rows.append(row)
-        print(f"| {r['N']} | {r['norm']} | {r['scheme']} | {s['var_first']:.3g} -> {s['var_last']:.3g} ({s['pred_var_first']:.3g} -> {s['pred_var_last']:.3g}) "
-              f"| {s['gvar_first_over_last']:.3g} ({s['pred_gvar_first_over_last']:.3g}) | {s['gvar_factor_per_layer']:.4f} ({s['pred_gvar_factor_per_layer']:.4f}) "
+        print(f"| {r['N']} | {r['norm']} | {r['scheme']} | {s['var_first']:.3g} -> {s['var_last']:.3g} "
+              f"({s['pred_var_first']:.3g} -> {s['pred_var_last']:.3g}) "
+              f"| {s['gvar_first_over_last']:.3g} ({s['pred_gvar_first_over_last']:.3g}) "
+              f"| {s['gvar_factor_per_layer']:.4f} ({s['pred_gvar_factor_per_layer']:.4f}) "
               f"| {s['gvar_loglinear_r2']:.2f} | {extra} |")
     pooled = {}
-    for label, sel in (("all runs", lambda r: True), ("all but post/xavier", lambda r: not (r["norm"] == "post" and r["scheme"] == "xavier")),
+    for label, sel in (("all runs", lambda r: True),
+                       ("all but post/xavier", lambda r: not (r["norm"] == "post" and r["scheme"] == "xavier")),
                        ("pre/xavier", lambda r: r["norm"] == "pre" and r["scheme"] == "xavier")):
         rs = [r for r in d["runs"] if sel(r)]
-        mv = sum((r["curves"]["var"] for r in rs), []); pv = sum((r["curves"]["pred_var"] for r in rs), [])
-        mg = sum((r["curves"]["grad_var"] for r in rs), []); pg = sum((r["curves"]["pred_grad_var"] for r in rs), [])
+        mv = sum((r["curves"]["var"] for r in rs), [])
+        pv = sum((r["curves"]["pred_var"] for r in rs), [])
+        mg = sum((r["curves"]["grad_var"] for r in rs), [])
+        pg = sum((r["curves"]["pred_grad_var"] for r in rs), [])
         pooled[label] = {"r2_log10_var": r2(mv, pv), "r2_log10_grad_var": r2(mg, pg), "points": len(mv)}
     print("\npooled R^2 (log10 measured vs log10 predicted, per layer):")
     for k, v in pooled.items():

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="subsets, 2 lrs x 2 seeds, 250 pretraining steps")
     g.add_argument("--medium", action="store_true", help="600 pretraining steps; sst2 and babi-qa1, 1 lr x 2 seeds")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "dslm-downstream"), help="scratch directory (pretraining runs, checkpoints)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "dslm-downstream"),
+                    help="scratch directory (pretraining runs, checkpoints)")
     ap.add_argument("--data-dir", default=None, help="data root (default: $DSLM_DATA, else ./data)")
     ap.add_argument("--tasks", default=None, help=f"comma-separated (default {','.join(TASKS)}; medium: sst2,babi-qa1)")
     ap.add_argument("--threads", type=int, default=1)

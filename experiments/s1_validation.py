@@ -1,4 +1,5 @@
-"""Study 1: component validation (the paper's component-check protocol) -- our 50/90/99th-percentile errors beside the authors'.
+"""Study 1: component validation (the paper's component-check protocol) -- our 50/90/99th-percentile errors
+beside the authors'.
 
 Wraps `dslm validate` (the authors' Monte-Carlo protocol). --quick: the reduced grids
 (`dslm validate --quick`, float64). Full: the authors' grids subsampled with --stride (float32).

@@ -130,7 +130,8 @@ def main(argv=None) -> int:
                               "grad_var": gm.tolist(), "pred_grad_var": gp.tolist(),
                               "corr": cm.tolist(), "pred_corr": cp.tolist()}}
             runs.append(run)
-            print(f"N={N:5d} {norm:4s} {scheme:7s} {secs:6.1f}s  var {vm[0]:.3g}->{vm[-1]:.3g} (pred {vp[0]:.3g}->{vp[-1]:.3g})  "
+            print(f"N={N:5d} {norm:4s} {scheme:7s} {secs:6.1f}s  "
+                  f"var {vm[0]:.3g}->{vm[-1]:.3g} (pred {vp[0]:.3g}->{vp[-1]:.3g})  "
                   f"gvar first/last {st['gvar_first_over_last']:.3g} (pred {st['pred_gvar_first_over_last']:.3g})  "
                   f"factor/layer {st['gvar_factor_per_layer']:.4f} (pred {st['pred_gvar_factor_per_layer']:.4f})  "
                   f"R2 log var {st['r2_log_var']:.3f} gvar {st['r2_log_gvar']:.3f}", flush=True)
@@ -140,7 +141,10 @@ def main(argv=None) -> int:
     allm_v, allp_v, allm_g, allp_g = [], [], [], []
     for r in runs:
         c = r["curves"]
-        allm_v += c["var"]; allp_v += c["pred_var"]; allm_g += c["grad_var"]; allp_g += c["pred_grad_var"]
+        allm_v += c["var"]
+        allp_v += c["pred_var"]
+        allm_g += c["grad_var"]
+        allp_g += c["pred_grad_var"]
     log["pooled_r2_log10_var"] = r2_log(allm_v, allp_v)
     log["pooled_r2_log10_grad_var"] = r2_log(allm_g, allp_g)
     plot(log, runs, depths)

@@ -1,4 +1,5 @@
-"""Study 3: rank collapse (token correlation vs depth) and attention-logit scale (the paper's Pre-LN analysis; the paper's large-attention-score analysis).
+"""Study 3: rank collapse (token correlation vs depth) and attention-logit scale (the paper's Pre-LN
+analysis; the paper's large-attention-score analysis).
 
 Part A -- rank collapse. Pre-LN decoders on Tiny Shakespeare byte windows at initialisation, train
 mode: token correlation of the residual stream after every layer, measured (`measure`) and
@@ -117,8 +118,9 @@ def part_b(log, quick, seed):
             rows.append(row)
             print(f"B r={r} s2={s2:5.2f}: logit var {logit_var:.3f} row {row_var:.3f} | P var*L^2 {p_var*L*L:9.3f} "
                   f"pred {row['pred_softmax_var_full']*L*L:9.3f}/{row['pred_softmax_var_approx']*L*L:9.3f} | "
-                  f"sm gvar*L^2 {sm_gvar*L*L:9.3f} pred {row['pred_softmax_gvar_full']*L*L:9.3f} | head out {y_var:.3f} "
-                  f"pred {row['pred_head_out_var']:.3f} | head g {x_gvar:.4f} pred {row['pred_head_in_gvar']:.4f} | H {ent:.3f}",
+                  f"sm gvar*L^2 {sm_gvar*L*L:9.3f} pred {row['pred_softmax_gvar_full']*L*L:9.3f} | "
+                  f"head out {y_var:.3f} pred {row['pred_head_out_var']:.3f} | "
+                  f"head g {x_gvar:.4f} pred {row['pred_head_in_gvar']:.4f} | H {ent:.3f}",
                   flush=True)
     log["part_b"] = {"d_model": d, "d_head": d, "seq_len": L, "runs": runs, "rows": rows}
     return rows
@@ -138,20 +140,31 @@ def plot(log, A, B):
         l, = ax[0].plot(x, row["corr"], ".", ms=3, label=lab + " measured")
         ax[0].plot(x, row["pred_corr"], "-", color=l.get_color(), lw=1)
     ax[0].axhline(0.95, color="k", ls=":", lw=0.8)
-    ax[0].set_xlabel("layer"); ax[0].set_ylabel("token correlation"); ax[0].legend(fontsize=7)
+    ax[0].set_xlabel("layer")
+    ax[0].set_ylabel("token correlation")
+    ax[0].legend(fontsize=7)
     ax[0].set_title(f"rank collapse, Pre-LN, N={max(r['N'] for r in A)} (lines: predicted)")
     for r in (0.0, 0.5):
         rows = [b for b in B if b["r"] == r]
         s = [b["pred_logit_var"] for b in rows]
         L2 = log["part_b"]["seq_len"] ** 2
         l, = ax[1].plot(s, [b["softmax_var"] * L2 for b in rows], "o", label=f"measured r={r}")
-        ax[1].plot(s, [b["pred_softmax_var_full"] * L2 for b in rows], "-", color=l.get_color(), label=f"full form r={r}")
-        ax[1].plot(s, [b["pred_softmax_var_approx"] * L2 for b in rows], "--", color=l.get_color(), label=f"approx r={r}")
+        ax[1].plot(s, [b["pred_softmax_var_full"] * L2 for b in rows], "-", color=l.get_color(),
+                   label=f"full form r={r}")
+        ax[1].plot(s, [b["pred_softmax_var_approx"] * L2 for b in rows], "--", color=l.get_color(),
+                   label=f"approx r={r}")
         l2, = ax[2].plot(s, [b["head_in_gvar"] for b in rows], "o", label=f"measured r={r}")
         ax[2].plot(s, [b["pred_head_in_gvar"] for b in rows], "-", color=l2.get_color(), label=f"predicted r={r}")
-    ax[1].set_xscale("log"); ax[1].set_yscale("log"); ax[1].set_xlabel("sigma_s^2 (logit variance)")
-    ax[1].set_ylabel("softmax output var x L^2"); ax[1].legend(fontsize=7); ax[1].set_title("softmax output variance")
-    ax[2].set_xscale("log"); ax[2].set_yscale("log"); ax[2].set_xlabel("sigma_s^2"); ax[2].legend(fontsize=7)
+    ax[1].set_xscale("log")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("sigma_s^2 (logit variance)")
+    ax[1].set_ylabel("softmax output var x L^2")
+    ax[1].legend(fontsize=7)
+    ax[1].set_title("softmax output variance")
+    ax[2].set_xscale("log")
+    ax[2].set_yscale("log")
+    ax[2].set_xlabel("sigma_s^2")
+    ax[2].legend(fontsize=7)
     ax[2].set_title("attention head input-gradient variance")
     fig.tight_layout()
     fig.savefig(log.fig("rank_logits"), dpi=90)

@@ -5,8 +5,9 @@ Post-LN with --post), DSLM vs the standard GPT-2 initialisation (`gpt2`: N(0, 0.
 projections / sqrt(2N), no residual scaling). Shapes (layers x d_model, d_ff = 4 d, d_head 16) have
 equal non-embedding parameters 12 N d^2: 4x128, 16x64, 64x32. Same schedule, batch and token budget
 for every run; 2 seeds. Learning rate per scheme (--lrs scheme=lr; default: the largest rate of the
-study-5 grid with which each scheme learned at 48 layers: dslm 1e-2, gpt2 3e-3). Reported: validation loss (nats/byte) and bits per byte, train
-time per step, wall-clock. With --ptb the same on Penn Treebank words (vocab 10k).
+study-5 grid with which each scheme learned at 48 layers: dslm 1e-2, gpt2 3e-3). Reported: validation
+loss (nats/byte) and bits per byte, train time per step, wall-clock. With --ptb the same on Penn
+Treebank words (vocab 10k).
 
     PYTHONPATH=src python experiments/s4_deep_vs_shallow.py --quick   # 150 steps x 16 x 64 tokens
     PYTHONPATH=src python experiments/s4_deep_vs_shallow.py           # 2000 steps x 32 x 128, + Post-LN
@@ -99,12 +100,15 @@ def plot(log, runs):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
-    keys = sorted({(r["norm"], r["shape"], r["scheme"]) for r in runs}, key=lambda k: (k[0], k[2], int(k[1].split("x")[0])))
+    keys = sorted({(r["norm"], r["shape"], r["scheme"]) for r in runs},
+                  key=lambda k: (k[0], k[2], int(k[1].split("x")[0])))
     for k in keys:
         rs = [r for r in runs if (r["norm"], r["shape"], r["scheme"]) == k]
         curve = np.mean([np.convolve(r["loss_curve"], np.ones(10) / 10, mode="valid") for r in rs], axis=0)
         ax[0].plot(curve, label=f"{k[0]}-LN {k[1]} {k[2]}", ls="-" if k[2] == "dslm" else "--")
-    ax[0].set_xlabel("step"); ax[0].set_ylabel("train loss (10-step mean, seed mean)"); ax[0].legend(fontsize=7)
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("train loss (10-step mean, seed mean)")
+    ax[0].legend(fontsize=7)
     for norm in sorted({r["norm"] for r in runs}):
         for scheme in sorted({r["scheme"] for r in runs}):
             rs = [r for r in runs if r["norm"] == norm and r["scheme"] == scheme]
@@ -113,7 +117,9 @@ def plot(log, runs):
             ax[1].plot(shapes, m, "o-", label=f"{norm}-LN {scheme}")
             for r in rs:
                 ax[1].plot(r["n_layers"], r["val_loss"], "k.", ms=3)
-    ax[1].set_xscale("log"); ax[1].set_xlabel("layers (equal non-embedding params)"); ax[1].set_ylabel("validation loss (nats)")
+    ax[1].set_xscale("log")
+    ax[1].set_xlabel("layers (equal non-embedding params)")
+    ax[1].set_ylabel("validation loss (nats)")
     ax[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(log.fig("loss"), dpi=90)

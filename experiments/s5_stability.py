@@ -87,13 +87,15 @@ def main(argv=None) -> int:
                 div = diverges(c)
                 runs.append({"N": N, "norm": norm, "scheme": scheme, "lr": lr, "learns": ok, "diverges": div,
                              "diverged_nonfinite": res["diverged"], "first5": float(np.mean(c[:5])),
-                             "last5": float(np.mean(c[-5:])), "last10": float(np.mean(c[-10:])), "max_loss": float(np.nanmax(c)),
+                             "last5": float(np.mean(c[-5:])), "last10": float(np.mean(c[-10:])),
+                             "max_loss": float(np.nanmax(c)),
                              "val_loss": res["val_loss"], "loss_curve": c,
                              "seconds": round(res["train_seconds"], 2)})
                 if ok:
                     best[key] = lr
-                print(f"N={N} {norm:4s} {scheme:7s} lr={lr:g}: {'learns ' if ok else 'plateau'}{' DIVERGES' if div else ''} first5 "
-                      f"{np.mean(c[:5]):.3f} last5 {np.mean(c[-5:]):.3f} max {np.nanmax(c):.3f} val {res['val_loss']:.3f} "
+                print(f"N={N} {norm:4s} {scheme:7s} lr={lr:g}: {'learns ' if ok else 'plateau'}"
+                      f"{' DIVERGES' if div else ''} first5 {np.mean(c[:5]):.3f} last5 {np.mean(c[-5:]):.3f} "
+                      f"max {np.nanmax(c):.3f} val {res['val_loss']:.3f} "
                       f"({res['train_seconds']:.1f}s)", flush=True)
                 log["runs"] = runs
                 log["largest_lr_that_learns"] = best
@@ -116,8 +118,11 @@ def plot(log, runs, depths, lrs, schemes=SCHEMES):
             ax.plot([r["lr"] for r in rs], [r["val_loss"] if np.isfinite(r["val_loss"]) else np.nan for r in rs], "o-",
                     label=f"{norm}-LN {scheme}")
         ax.axhline(log["unigram_val_ce"], color="k", ls=":", lw=0.8, label="unigram cross-entropy")
-        ax.set_xscale("log"); ax.set_xlabel("peak learning rate"); ax.set_ylabel("validation loss (nats/byte)")
-        ax.set_title(f"N={N} layers, d_model {log['args']['d_model']}"); ax.legend(fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.set_title(f"N={N} layers, d_model {log['args']['d_model']}")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(log.fig("lr_grid"), dpi=90)
     plt.close(fig)

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     mom = {}
     for k, rows in res["moments"].items():
         ffn = [r for r in rows if r["block"] == "ffn"]
-        v = np.array([r["var"] for r in ffn]); g = np.array([r["grad_var"] for r in ffn])
+        v = np.array([r["var"] for r in ffn])
+        g = np.array([r["grad_var"] for r in ffn])
         mom[str(k)] = {"layer": [r["layer"] for r in ffn], "var": v.tolist(), "grad_var": g.tolist(),
                        "corr": [r["corr"] for r in ffn], "var_min": v.min(), "var_max": v.max(),
                        "gvar_max_over_min": g.max() / g.min(), "gvar_first_over_last": g[0] / g[-1]}
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
                      "pred_var": [pv[(l, "ffn")].var for l in range(1, a.layers + 1)],
                      "pred_grad_var": [pv[(l, "ffn")].grad_var for l in range(1, a.layers + 1)]}
     for k, m in mom.items():
-        print(f"step {k}: stream var [{m['var_min']:.3f}, {m['var_max']:.3f}], grad var max/min {m['gvar_max_over_min']:.3f}, "
+        print(f"step {k}: stream var [{m['var_min']:.3f}, {m['var_max']:.3f}], "
+              f"grad var max/min {m['gvar_max_over_min']:.3f}, "
               f"first/last {m['gvar_first_over_last']:.3f}")
     print(f"loss {np.mean(c[:5]):.3f} -> {np.mean(c[-5:]):.3f}, val {res['val_loss']:.3f}, diverged {res['diverged']}, "
           f"{res['seconds_per_step']:.2f} s/step, {res['n_params']} params")
@@ -90,15 +92,23 @@ def plot(log, N):
 
     r = log["result"]
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
-    ax[0].plot(r["loss_curve"]); ax[0].set_xlabel("step"); ax[0].set_ylabel("train loss (nats/byte)")
-    ax[0].set_title(f"{N}-layer {log['args']['norm']}-LN {log['args']['scheme']} decoder, d_model {log['args']['d_model']}, lr {log['args']['lr']:g}")
+    ax[0].plot(r["loss_curve"])
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("train loss (nats/byte)")
+    ax[0].set_title(f"{N}-layer {log['args']['norm']}-LN {log['args']['scheme']} decoder, "
+                    f"d_model {log['args']['d_model']}, lr {log['args']['lr']:g}")
     for k, m in r["moments"].items():
         ax[1].plot(m["layer"], m["var"], ".", ms=2, label=f"measured, step {k}")
         ax[2].plot(m["layer"], m["grad_var"], ".", ms=2, label=f"measured, step {k}")
     ax[1].plot(range(1, N + 1), r["pred_var"], "k-", lw=1, label="predicted at init")
     ax[2].plot(range(1, N + 1), r["pred_grad_var"], "k-", lw=1, label="predicted at init")
-    ax[1].set_xlabel("layer"); ax[1].set_ylabel("stream variance"); ax[1].set_yscale("log"); ax[1].legend(fontsize=7)
-    ax[2].set_xlabel("layer"); ax[2].set_ylabel("stream-gradient variance (paper protocol)"); ax[2].set_yscale("log")
+    ax[1].set_xlabel("layer")
+    ax[1].set_ylabel("stream variance")
+    ax[1].set_yscale("log")
+    ax[1].legend(fontsize=7)
+    ax[2].set_xlabel("layer")
+    ax[2].set_ylabel("stream-gradient variance (paper protocol)")
+    ax[2].set_yscale("log")
     ax[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(log.fig("train"), dpi=90)

@@ -49,9 +49,68 @@ def mask_batch(x, rng, p=0.15, mask_id=256):
     import torch
 
     m = torch.from_numpy(rng.random(x.shape) < p)
-    src = x.clone(); src[m] = mask_id
-    tgt = torch.full_like(x, -100); tgt[m] = x[m]
+    src = x.clone()
+    src[m] = mask_id
+    tgt = torch.full_like(x, -100)
+    tgt[m] = x[m]
     return src, tgt
+
+
+def family_setup(fam, common, tr, va, rng, vrng):
+    """(config, batch_fn, loss_fn, eval_fn) of one family; the functions draw batches from `rng` and
+    the fixed validation batches from `vrng` (`tr`, `va`: train / val byte arrays of Tiny Shakespeare)."""
+    import torch
+
+    from deepscalelm import ModelConfig
+    from deepscalelm.data.images import load_fashion_mnist
+
+    if fam == "mlm":
+        cfg = ModelConfig(arch="encoder", seq_len=64, vocab_size=257, **common)
+        bf = lambda: mask_batch(windows(tr, 16, 64, rng), rng)
+        lf = lambda m, b: m.loss(b[0], targets=b[1])
+        vb = [mask_batch(windows(va, 16, 64, vrng), vrng) for _ in range(16)]
+
+        def ev(m):
+            with torch.no_grad():
+                return {"val_masked_loss": float(np.mean([float(m.loss(s, targets=t)) for s, t in vb]))}
+    elif fam == "vit":
+        fm = load_fashion_mnist(DATA / "fashion-mnist")
+        xtr, ytr = fm["train"]
+        xte, yte = fm["val"]
+        mu, sd = xtr[:5000].mean() / 255, xtr[:5000].std() / 255
+        prep = lambda x: torch.from_numpy(((x.astype(np.float32) / 255 - mu) / sd)[:, None])
+        cfg = ModelConfig(arch="vit", image_size=28, patch_size=4, channels=1, n_classes=10, **common)
+
+        def bf():
+            i = rng.integers(0, len(xtr), 64)
+            return prep(xtr[i]), torch.from_numpy(ytr[i].astype(np.int64))
+        lf = lambda m, b: m.loss(b[0], b[1])
+
+        def ev(m):
+            with torch.no_grad():
+                correct, loss = 0, 0.0
+                for j in range(0, 2000, 250):
+                    x, y = prep(xte[j:j + 250]), torch.from_numpy(yte[j:j + 250].astype(np.int64))
+                    out = m(x)
+                    correct += int((out.argmax(-1) == y).sum())
+                    loss += float(torch.nn.functional.cross_entropy(out, y)) * len(y)
+                return {"test_acc": correct / 2000, "test_loss": loss / 2000}
+    else:
+        cfg = ModelConfig(arch="encoder-decoder", seq_len=64, vocab_size=258, **common)
+
+        def mk(data, r):
+            x = windows(data, 16, 64, r)
+            src, _ = mask_batch(x, r)
+            tgt = torch.cat([torch.full((x.shape[0], 1), 257), x[:, :-1]], 1)
+            return src, tgt, x
+        bf = lambda: mk(tr, rng)
+        lf = lambda m, b: m.loss(b[0], b[1], targets=b[2])
+        vb = [mk(va, vrng) for _ in range(16)]
+
+        def ev(m):
+            with torch.no_grad():
+                return {"val_loss": float(np.mean([float(m.loss(s, t, targets=x)) for s, t, x in vb]))}
+    return cfg, bf, lf, ev
 
 
 def main(argv=None) -> int:
@@ -72,8 +131,6 @@ def main(argv=None) -> int:
     import torch
 
     import deepscalelm
-    from deepscalelm import ModelConfig
-    from deepscalelm.data.images import load_fashion_mnist
 
     log = Log("s7_families" + a.tag, a.quick, dict(vars(a), shapes=shapes, steps=steps, seeds=seeds))
     tr, va = shakespeare_bytes()
@@ -86,58 +143,15 @@ def main(argv=None) -> int:
                 vrng = np.random.default_rng(999)
                 common = dict(n_layers=N, d_model=d, n_heads=max(1, d // 16), norm="pre", scheme=scheme,
                               dropout=0.0, attn_dropout=0.0)
-                if fam == "mlm":
-                    cfg = ModelConfig(arch="encoder", seq_len=64, vocab_size=257, **common)
-                    bf = lambda: mask_batch(windows(tr, 16, 64, rng), rng)
-                    lf = lambda m, b: m.loss(b[0], targets=b[1])
-                    vb = [mask_batch(windows(va, 16, 64, vrng), vrng) for _ in range(16)]
-
-                    def ev(m):
-                        with torch.no_grad():
-                            return {"val_masked_loss": float(np.mean([float(m.loss(s, targets=t)) for s, t in vb]))}
-                elif fam == "vit":
-                    fm = load_fashion_mnist(DATA / "fashion-mnist")
-                    xtr, ytr = fm["train"]; xte, yte = fm["val"]
-                    mu, sd = xtr[:5000].mean() / 255, xtr[:5000].std() / 255
-                    prep = lambda x: torch.from_numpy(((x.astype(np.float32) / 255 - mu) / sd)[:, None])
-                    cfg = ModelConfig(arch="vit", image_size=28, patch_size=4, channels=1, n_classes=10, **common)
-
-                    def bf():
-                        i = rng.integers(0, len(xtr), 64)
-                        return prep(xtr[i]), torch.from_numpy(ytr[i].astype(np.int64))
-                    lf = lambda m, b: m.loss(b[0], b[1])
-
-                    def ev(m):
-                        with torch.no_grad():
-                            correct, loss = 0, 0.0
-                            for j in range(0, 2000, 250):
-                                x, y = prep(xte[j:j + 250]), torch.from_numpy(yte[j:j + 250].astype(np.int64))
-                                out = m(x)
-                                correct += int((out.argmax(-1) == y).sum())
-                                loss += float(torch.nn.functional.cross_entropy(out, y)) * len(y)
-                            return {"test_acc": correct / 2000, "test_loss": loss / 2000}
-                else:
-                    cfg = ModelConfig(arch="encoder-decoder", seq_len=64, vocab_size=258, **common)
-
-                    def mk(data, r):
-                        x = windows(data, 16, 64, r)
-                        src, _ = mask_batch(x, r)
-                        tgt = torch.cat([torch.full((x.shape[0], 1), 257), x[:, :-1]], 1)
-                        return src, tgt, x
-                    bf = lambda: mk(tr, rng)
-                    lf = lambda m, b: m.loss(b[0], b[1], targets=b[2])
-                    vb = [mk(va, vrng) for _ in range(16)]
-
-                    def ev(m):
-                        with torch.no_grad():
-                            return {"val_loss": float(np.mean([float(m.loss(s, t, targets=x)) for s, t, x in vb]))}
+                cfg, bf, lf, ev = family_setup(fam, common, tr, va, rng, vrng)
                 torch.manual_seed(seed)
                 model = deepscalelm.build_model(cfg)
                 nemb = sum(p.numel() for n, p in model.named_parameters() if ".layers." in f".{n}")
                 curve, secs = fit(model, bf, lf, steps, a.lr, max(5, steps // 10))
                 model.eval()
                 metrics = ev(model)
-                row = {"family": fam, "shape": shape, "scheme": scheme, "seed": seed, "n_params": sum(p.numel() for p in model.parameters()),
+                row = {"family": fam, "shape": shape, "scheme": scheme, "seed": seed,
+                       "n_params": sum(p.numel() for p in model.parameters()),
                        "n_params_layers": nemb, "loss_curve": curve, "train_last10": float(np.mean(curve[-10:])),
                        "train_seconds": secs, "finite": bool(np.all(np.isfinite(curve))), **metrics}
                 runs.append(row)

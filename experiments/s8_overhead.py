@@ -17,6 +17,16 @@ import numpy as np
 from common import Log, median, setup, shakespeare_bytes, windows
 
 
+def timed_step(model, opt, xb) -> float:
+    """Seconds of one training step (forward, backward, optimizer step) of `model` on batch `xb`."""
+    t = time.perf_counter()
+    loss = model.loss(xb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -47,20 +57,11 @@ def main(argv=None) -> int:
             models[scheme] = deepscalelm.build_model(cfg).train()
             opts[scheme] = torch.optim.AdamW(models[scheme].parameters(), lr=1e-4)
         times = {"dslm": [], "gpt2": []}
-
-        def step(s, xb):
-            t = time.perf_counter()
-            loss = models[s].loss(xb)
-            opts[s].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[s].step()
-            return time.perf_counter() - t
-
         for i in range(reps + 3):
             xb = windows(tr, a.batch, a.seq, rng)
             order = ("dslm", "gpt2") if i % 2 == 0 else ("gpt2", "dslm")
             for s in order:
-                dt = step(s, xb)
+                dt = timed_step(models[s], opts[s], xb)
                 if i >= 3:
                     times[s].append(dt)
         md, mg = median(times["dslm"]), median(times["gpt2"])
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
                "times_dslm": times["dslm"], "times_gpt2": times["gpt2"],
                "lam_beta_dslm": [models["dslm"].layers[0].attn.lam, models["dslm"].layers[0].attn.beta]}
         out.append(row)
-        print(f"{shape}: dslm {1e3*md:.1f} ms/step, gpt2 {1e3*mg:.1f} ms/step, overhead {row['overhead_pct']:+.1f}%", flush=True)
+        print(f"{shape}: dslm {1e3*md:.1f} ms/step, gpt2 {1e3*mg:.1f} ms/step, overhead {row['overhead_pct']:+.1f}%",
+              flush=True)
     log["rows"] = out
     log.save()
     return 0

@@ -38,7 +38,7 @@ def main() -> None:
         axes[1].plot(layers, t.column("corr"), label=label, **style)
         axes[2].plot(layers, t.column("grad_var"), label=label, **style)
     for ax, title in zip(axes, ("forward variance of the stream", "token-to-token correlation",
-                                "gradient variance of the stream")):
+                                "gradient variance of the stream"), strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_memmap_stream_matches_direct_encoding(tmp_path):
     split = Split([TextSource(str(f), f.stat().st_size)])
     tok = ByteTokenizer()
     entry = encode_split(tok, split, tmp_path / "train.bin")
-    (tmp_path / "meta.json").write_text('{"splits": {"train": %s}}' % __import__("json").dumps(entry))
+    (tmp_path / "meta.json").write_text(json.dumps({"splits": {"train": entry}}))
     s = open_stream(tmp_path, "train")
     assert isinstance(s.tokens, np.memmap) and s.tokens.dtype == np.uint8
     assert bytes(np.asarray(s.tokens)) == f.read_bytes()

@@ -11,8 +11,15 @@ import torch
 from deepscalelm import ModelConfig
 from deepscalelm.cli import main as cli_main
 from deepscalelm.errors import DSLMError
-from deepscalelm.finetune import (FinetuneConfig, FinetuneModel, encode_parts, evaluate_checkpoint, finetune,
-                                  load_backbone, load_finetuned)
+from deepscalelm.finetune import (
+    FinetuneConfig,
+    FinetuneModel,
+    encode_parts,
+    evaluate_checkpoint,
+    finetune,
+    load_backbone,
+    load_finetuned,
+)
 from deepscalelm.finetune.api import _lr_at
 from deepscalelm.finetune.encode import BOS, EOS, PAD, SEP, encode_split
 from deepscalelm.models import build_model

@@ -136,7 +136,7 @@ def test_meta_device_then_reset_parameters(arch):
     model.scheme = get_scheme(config)
     torch.manual_seed(7)
     model.reset_parameters()
-    for (n, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items()):
+    for (n, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items(), strict=True):
         assert torch.equal(p, q), n
 
 
@@ -215,7 +215,7 @@ def test_activation_checkpointing_same_gradients():
     model.set_activation_checkpointing(True)
     g1 = grads()
     assert model.checkpointing
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1, strict=True))
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -15,7 +15,7 @@ import importlib
 import logging
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import DSLMError
 

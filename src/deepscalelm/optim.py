@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from torch import nn
 
@@ -59,6 +60,11 @@ def effective_depth(merges: Iterable[tuple[float, float]]) -> float:
     for lam, beta in merges:
         d = lam * d + beta
     return d
+
+
+def _lam_beta(block: nn.Module) -> tuple[float, float]:
+    """(lam, beta) of a residual block whose merge is x <- lam*x + beta*F(x) (float attributes)."""
+    return float(cast(float, block.lam)), float(cast(float, block.beta))
 
 
 def dslm_effective_depth(n_blocks: int, k: float = 2.0) -> float:
@@ -114,13 +120,13 @@ def param_groups(model: nn.Module, lr: float, parametrization: str = "standard",
                 if not hasattr(m, "lam") or not hasattr(m, "beta"):
                     raise ValueError(f"block {type(m).__name__} has no lam/beta attributes: pass blocks whose "
                                      "merge is x <- lam*x + beta*F(x), or use parametrization='standard'")
-            depth = effective_depth((float(m.lam), float(m.beta)) for m in stack)
+            depth = effective_depth(_lam_beta(m) for m in stack)
             for m in stack:
                 for p in m.parameters():
                     s = ref_d / depth if depth > 0 and parametrization == "dslm" else 1.0
                     if base_width is not None and _is_decayed(p, norm_ids):
                         s *= base_width / p.shape[-1]
-                    scale[id(p)] = (s, float(m.beta) / ref_beta)
+                    scale[id(p)] = (s, _lam_beta(m)[1] / ref_beta)
     buckets: dict[tuple[bool, float, float], tuple[list[nn.Parameter], list[str]]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -102,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
     source, out = Path(args.hf), Path(args.out)
     check_out(out, args.force, source)
     options = _options(args)
-    model = load_hf(source)
-    model = apply(model, args.scheme, seed=args.seed, **options)
+    model: Any = apply(load_hf(source), args.scheme, seed=args.seed, **options)  # a transformers model
     from ..config import ModelConfig
 
     factors = fold_factors(resolve(model), get_scheme(ModelConfig.from_hf(model.config, scheme=args.scheme,

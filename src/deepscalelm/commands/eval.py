@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--split", default="val", help="split of the run's data: train, val or test (default val)")
-    g.add_argument("--file", metavar="PATH", help="text file or directory to evaluate on (encoded with the run's tokenizer)")
+    g.add_argument("--file", metavar="PATH",
+                   help="text file or directory to evaluate on (encoded with the run's tokenizer)")
     p.add_argument("--max-batches", type=int, default=None, help="cap the number of batches (default: whole split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
@@ -28,7 +29,8 @@ def _check_file_length(path: str, n_tokens: int, seq_len: int, objective: str) -
     from ..data.objectives import CausalLM, MaskedLM, SpanCorruption
     from ..errors import DSLMError
 
-    kinds = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption}
+    kinds: dict[str, type[CausalLM] | type[MaskedLM] | type[SpanCorruption]] = {
+        "causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption}
     need = seq_len + (kinds[objective].extra if objective in kinds else 0)
     if n_tokens < need:
         raise DSLMError(f"--file {path} encodes to {n_tokens:,} tokens, fewer than the {need:,} of one evaluation "
@@ -58,11 +60,16 @@ def run(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory() as tmpd:
         if objective == "image":
-            sets = load_fashion_mnist(args.file or tcfg.data)
+            images = args.file or tcfg.data
+            if not images:
+                raise DSLMError(f"{ckpt}: the run's config names no Fashion-MNIST directory: use --file")
+            sets = load_fashion_mnist(images)
             split = "train" if args.split == "train" else "val"
             data = ImageClassification(*sets[split], seed=tcfg.seed, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
             tpb = None
         else:
+            if tok is None:
+                raise DSLMError(f"{ckpt}: the run has no tokenizer, needed for objective {objective!r}")
             if args.file:
                 p = Path(args.file).expanduser()
                 if p.is_dir():
@@ -86,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
             tpb = stream.tokens_per_byte
         res = evaluate(model, data, objective, args.batch_size, device, "fp32", args.max_batches, tpb)
     where = "file" if args.file else args.split
-    res = {"checkpoint": str(ckpt), "step": state["step"], "data": str(args.file) if args.file else args.split,
-           **relabel(res, where)}
+    report = {"checkpoint": str(ckpt), "step": state["step"], "data": str(args.file) if args.file else args.split,
+              **relabel(res, where)}
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps(report))
     else:
         print(f"{ckpt} (step {state['step']}) on {'--file ' + str(args.file) if args.file else args.split + ' split'}: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float)))
+              + ", ".join(f"{k} {v:.4f}" for k, v in report.items() if isinstance(v, float)))
     return 0
 
 

@@ -26,7 +26,7 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune", help="fine-tune a pretrained checkpoint on SST-2, BoolQ, DREAM, bAbI or your own files",
         description="Fine-tune CHECKPOINT (a pretrained byte-level encoder or decoder: checkpoint or run "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate text from a checkpoint (decoder runs)",
                        description="Sample from a causal LM checkpoint: CHECKPOINT is a checkpoint "
                                    "directory or a run directory (its newest checkpoint).")

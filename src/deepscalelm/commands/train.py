@@ -15,10 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train", help="train a model (default: deep DSLM decoder on Tiny Shakespeare, a few CPU minutes)",
-        description="Train a model. With no arguments: preset %r, a deep byte-level Pre-LN DSLM decoder "
-                    "on the Tiny Shakespeare corpus shipped with the package. Config precedence: preset < "
+        description=f"Train a model. With no arguments: preset {DEFAULT_PRESET!r}, a deep byte-level Pre-LN DSLM "
+                    "decoder on the Tiny Shakespeare corpus shipped with the package. Config precedence: preset < "
                     "--config file < --set key=value < explicit flags. Under `torchrun --nproc_per_node N` "
-                    "the same command trains with DistributedDataParallel (or FSDP with --fsdp)." % DEFAULT_PRESET)
+                    "the same command trains with DistributedDataParallel (or FSDP with --fsdp).")
     p.add_argument("--preset", choices=list(PRESETS), default=None, help=f"named preset (default {DEFAULT_PRESET})")
     p.add_argument("--config", metavar="FILE", help="YAML/TOML/JSON file with 'model' and 'train' sections")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parametrization", choices=["standard", "dslm", "completep"],
                    help="standard: one lr for all parameters; dslm: block rates scaled by the stack's effective "
                         "depth, so an lr tuned at 2 layers transfers to deep models (default standard)")
-    p.add_argument("--on-nan", choices=["stop", "skip"], help="non-finite loss/gradient: stop (default) or skip the step")
+    p.add_argument("--on-nan", choices=["stop", "skip"],
+                   help="non-finite loss/gradient: stop (default) or skip the step")
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="also log metrics to Weights & Biases (needs wandb; WANDB_MODE=offline works)")
     p.add_argument("--wandb-project", metavar="NAME", help="W&B project (default deepscalelm)")
@@ -66,7 +67,8 @@ _FLAGS = {  # argparse dest -> config key
     "data": "train.data", "tokenizer": "train.tokenizer", "max_steps": "train.max_steps",
     "batch_size": "train.batch_size", "micro_batch_size": "train.micro_batch_size", "lr": "train.lr",
     "seed": "train.seed", "seq_len": "model.seq_len", "n_layers": "model.n_layers", "d_model": "model.d_model",
-    "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads", "precision": "train.precision",
+    "norm": "model.norm", "scheme": "model.scheme", "device": "train.device", "threads": "train.threads",
+    "precision": "train.precision",
     "compile": "train.compile", "activation_checkpointing": "train.activation_checkpointing",
     "fsdp": "train.fsdp", "on_nan": "train.on_nan", "max_nan_skips": "train.max_nan_skips",
     "parametrization": "train.parametrization", "wandb": "train.wandb", "wandb_project": "train.wandb_project",

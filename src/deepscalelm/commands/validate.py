@@ -14,9 +14,9 @@ import math
 from typing import Any
 
 # The authors' expected output of their component checks, [50th, 90th, 99th] percentile errors in %
-# (the paper's component-check protocol, "Official expected output" table; from the authors' simulations/ scripts). Keys are our
-# (component, quantity) names; the paper's SHA rows are compared with our value-path ("paper") rows
-# and with our full formulas alike.
+# (the paper's component-check protocol, "Official expected output" table; from the authors' simulations/
+# scripts). Keys are our (component, quantity) names; the paper's SHA rows are compared with our
+# value-path ("paper") rows and with our full formulas alike.
 AUTHORS_PERCENTILES: dict[tuple[str, str], tuple[float, float, float]] = {
     ("linear", "x mean"): (0.0, 0.4, 1.3), ("linear", "x var"): (0.4, 1.4, 2.8),
     ("linear", "g var"): (0.2, 1.0, 2.2), ("linear", "x cov"): (0.4, 1.4, 2.8),
@@ -82,8 +82,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help="reduced grids (under 2 minutes for all components on 2 cores)")
     p.add_argument("--grid", choices=("authors", "random", "logit"), default=None,
-                   help="authors: the full grids of the paper's component-check protocol (long; float32, subsampled with "
-                        "--stride); random: independent random points (--points, --seed); logit: large "
+                   help="authors: the full grids of the paper's component-check protocol (long; float32, "
+                        "subsampled with --stride); random: independent random points (--points, --seed); logit: large "
                         "logit variance 2.56..20 (softmax and attention)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--points", type=int, default=40,

@@ -133,7 +133,7 @@ def random_spans(length: int, density: float, mean_span: float, rng: np.random.G
     noise_len, gap_len = parts(n_noise, n_spans), parts(length - n_noise, n_spans)
     mask = np.zeros(length, dtype=bool)
     pos = 0
-    for g, s in zip(gap_len, noise_len):
+    for g, s in zip(gap_len, noise_len, strict=True):
         pos += g
         mask[pos:pos + s] = True
         pos += s

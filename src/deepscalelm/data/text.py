@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ..errors import DSLMError
 
@@ -48,7 +48,8 @@ class TextSource:
     def open(self) -> BinaryIO:
         """Open for binary reading (decompressing the built-in corpus)."""
         if self.path == f"builtin:{BUILTIN}":
-            return gzip.open(resources.files("deepscalelm.data").joinpath(_BUILTIN_FILE).open("rb"))
+            raw = resources.files("deepscalelm.data").joinpath(_BUILTIN_FILE).open("rb")
+            return cast(BinaryIO, gzip.open(raw))  # a GzipFile reads bytes like a binary file
         return open(self.path, "rb")
 
 

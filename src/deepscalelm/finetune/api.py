@@ -207,7 +207,8 @@ def clone_backbone(backbone: torch.nn.Module) -> torch.nn.Module:
     from ..models import build_model
 
     device = next(backbone.parameters()).device
-    clone = build_model(backbone.config, scheme=backbone.scheme, device=device)
+    src: Any = backbone  # a deepscalelm model: its ModelConfig and Scheme
+    clone = build_model(src.config, scheme=src.scheme, device=device)
     clone.load_state_dict(backbone.state_dict())
     return clone
 
@@ -383,6 +384,7 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
                         shutil.rmtree(stage / "runs" / f"lr-{r['lr']:g}-seed-{r['seed']}", ignore_errors=True)
                         r.pop("checkpoint")
             ck.write_json_atomic(stage / "results.json", result)
+            assert out is not None  # a staging directory is made for an output directory only
             if out.exists():
                 out.rmdir()
             os.rename(stage, out)
@@ -391,7 +393,7 @@ def finetune(checkpoint: str | Path, task: str | TaskData, out: str | Path | Non
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
     n = len(cfg.seeds)
-    if has_test:
+    if tm is not None and ts is not None:  # the task has a test split
         log(f"{td.name}: best lr {best:g} (dev {mean_std_text(dm, ds, n)}); test {mean_std_text(tm, ts, n)}; "
             f"majority class {majority['test']:.4f}")
     else:

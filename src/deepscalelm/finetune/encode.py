@@ -82,7 +82,7 @@ def encode_split(examples: Sequence[Example], task: TaskData, max_len: int, pad_
         raise DSLMError(f"task {task.name}: an empty split cannot be encoded")
     rows = [example_inputs(ex, task.kind, max_len, task.truncate) for ex in examples]
     k = len(rows[0])
-    for ex, r in zip(examples, rows):
+    for ex, r in zip(examples, rows, strict=True):
         if len(r) != k:
             raise DSLMError(f"{ex.where}: {len(r)} options, other examples of this split have {k}")
     width = max_len if pad_to_max else max(len(x) for r in rows for x in r)

@@ -24,9 +24,13 @@ the backbone keeps its own dropout.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 KIND_OUT = ("classification", "multiple_choice")
 
@@ -38,7 +42,8 @@ class FinetuneModel(nn.Module):
         super().__init__()
         if kind not in KIND_OUT:
             raise ValueError(f"kind must be one of {KIND_OUT}, got {kind!r}")
-        arch = backbone.config.arch
+        config = cast("ModelConfig", backbone.config)
+        arch = config.arch
         if arch not in ("encoder", "decoder"):
             raise ValueError(f"fine-tuning needs an encoder or decoder backbone, got arch {arch!r}")
         if not isinstance(n_labels, int) or n_labels < 2:
@@ -47,7 +52,7 @@ class FinetuneModel(nn.Module):
         self.kind = kind
         self.n_labels = n_labels
         self.causal = arch == "decoder"
-        self.head = nn.Linear(backbone.config.d_model, 1 if kind == "multiple_choice" else n_labels)
+        self.head = nn.Linear(config.d_model, 1 if kind == "multiple_choice" else n_labels)
         self.head_q = 1.0  # mean square of the pooled vector used at initialisation
 
     @property
@@ -62,7 +67,8 @@ class FinetuneModel(nn.Module):
         B, K, L = ids.shape
         if int(lengths.min()) < 1 or int(lengths.max()) > L:
             raise ValueError(f"lengths must lie in [1, {L}]")
-        h = self.backbone.hidden(ids.reshape(B * K, L))  # [B*K, L, d]
+        backbone: Any = self.backbone  # a deepscalelm encoder or decoder
+        h = backbone.hidden(ids.reshape(B * K, L))  # [B*K, L, d]
         if self.causal:
             idx = (lengths.reshape(B * K) - 1).to(h.device)
             pooled = h[torch.arange(B * K, device=h.device), idx]

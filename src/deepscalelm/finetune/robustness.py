@@ -60,7 +60,7 @@ def corrupt(images: np.ndarray, corruption: str, severity: int, seed: int = 0) -
     else:
         signs = rng.choice([-1.0, 1.0], size=len(x))
         y = np.stack([ndimage.rotate(img, s * p, reshape=False, order=1, mode="constant", cval=0.0)
-                      for img, s in zip(x, signs)]) if len(x) else x.copy()
+                      for img, s in zip(x, signs, strict=True)]) if len(x) else x.copy()
     return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 

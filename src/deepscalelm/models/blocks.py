@@ -15,6 +15,9 @@ Weights are created empty-ish (PyTorch defaults); every value is set by
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +68,9 @@ class Attention(ResidualBlock):
     cross-attention query and its encoder keys do not share a position axis).
     """
 
+    q_post: HeadTransform | None
+    k_post: HeadTransform | None
+
     def __init__(self, config: ModelConfig, causal: bool, cross: bool = False) -> None:
         super().__init__(config)
         d, dh = config.d_model, config.d_head
@@ -82,18 +88,18 @@ class Attention(ResidualBlock):
         else:
             self.q_post = self.k_post = None
 
-    def f(self, h: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+    def f(self, h: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         src = h if memory is None else memory
         B, L, d = h.shape
         S = src.shape[1]
         nh, nkv, dh = self.n_heads, self.n_kv_heads, self.d_head
         q, k = self.q(h), self.k(src)
-        if self.q_post is not None:
+        if self.q_post is not None and self.k_post is not None:  # both or neither
             q, k = self.q_post(q), self.k_post(k)
         q = q.view(B, L, nh, dh).transpose(1, 2)
         k = k.view(B, S, nkv, dh).transpose(1, 2)
         v = self.v(src).view(B, S, nkv, dh).transpose(1, 2)
-        extra = {}
+        extra: dict[str, Any] = {}
         if nkv != nh:
             if _SDPA_GQA:
                 extra["enable_gqa"] = True
@@ -105,7 +111,8 @@ class Attention(ResidualBlock):
 
 
 #: the non-linearity of each ``ModelConfig.activation`` (GeLU exact, erf form)
-FFN_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swiglu": F.silu, "geglu": F.gelu}
+FFN_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swiglu": F.silu, "geglu": F.gelu}
 
 
 class FeedForward(ResidualBlock):
@@ -120,7 +127,7 @@ class FeedForward(ResidualBlock):
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model, bias=config.bias)
         self.act = FFN_ACTIVATIONS[config.activation]
 
-    def f(self, h: torch.Tensor) -> torch.Tensor:
+    def f(self, h: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # no context
         a = self.act(self.fc1(h))
         if self.fc3 is not None:
             a = a * self.fc3(h)

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -88,7 +90,7 @@ class HeadTransform(nn.Module):
         B, L, _ = x.shape
         h = x.view(B, L, self.n_heads, self.d_head)
         if self.norm is not None:  # in the norm's dtype (float32 under autocast), back to the input dtype
-            h = self.norm(h.to(self.norm.weight.dtype)).to(x.dtype)
+            h = self.norm(h.to(cast(torch.Tensor, self.norm.weight).dtype)).to(x.dtype)
         if self.rope:
             cos, sin = rope_tables(L, self.d_head, self.rope_base, device=x.device, dtype=h.dtype)
             h = apply_rope(h, cos, sin)

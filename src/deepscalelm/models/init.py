@@ -11,6 +11,7 @@ equals the single-process one bit for bit on CPU.
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -110,7 +111,7 @@ def apply_scheme(model: nn.Module, scheme: Scheme | str | None = None) -> nn.Mod
     Also stores the scheme as ``model.scheme``. Raises ValueError if the model's weights and the
     scheme's names differ (a scheme built for another config).
     """
-    config: ModelConfig = model.config
+    config = cast(ModelConfig, model.config)
     scheme = resolve_scheme(config, scheme if scheme is not None else getattr(model, "scheme", None))
     weights = weight_parameters(model)
     variances = scheme_weight_variances(scheme, config, list(weights))
@@ -123,16 +124,19 @@ def apply_scheme(model: nn.Module, scheme: Scheme | str | None = None) -> nn.Mod
             _normal_(p, math.sqrt(variances[name]))
     for m in model.modules():
         if isinstance(m, NORM_MODULES):
-            if m.weight is not None:
-                m.weight.fill_(1.0)
-            if getattr(m, "bias", None) is not None:
-                m.bias.zero_()
+            weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+            if weight is not None:
+                weight.fill_(1.0)
+            if bias is not None:
+                bias.zero_()
         elif isinstance(m, nn.Linear) and m.bias is not None:
             m.bias.zero_()
     for name, (lam, beta) in scheme.merges.items():
-        modules[name].lam, modules[name].beta = float(lam), float(beta)
-    model.head_scale = float(scheme.scales.get("head_scale", 1.0))
-    model.scheme = scheme
+        block: Any = modules[name]  # plain float attributes, not parameters or submodules
+        block.lam, block.beta = float(lam), float(beta)
+    target: Any = model
+    target.head_scale = float(scheme.scales.get("head_scale", 1.0))
+    target.scheme = scheme
     return model
 
 
@@ -151,7 +155,8 @@ class SchemeModel(nn.Module):
         """Recompute each layer in the backward pass (torch.utils.checkpoint, non-reentrant)."""
         for m in self.modules():
             if hasattr(m, "checkpointing"):
-                m.checkpointing = bool(enabled)
+                layer: Any = m
+                layer.checkpointing = bool(enabled)
         return self
 
     def num_parameters(self) -> int:

@@ -191,10 +191,15 @@ def _json_array_items(path: Path) -> list[tuple[int, object]]:
     def fail(pos: int, msg: str) -> DSLMError:
         return DSLMError(f"{path}:{text.count(chr(10), 0, pos) + 1}: {msg}")
 
-    pos = ws.match(text, 0).end()
+    def skip_ws(pos: int) -> int:
+        """Offset of the first non-whitespace character at or after `pos`."""
+        m = ws.match(text, pos)  # `*` also matches the empty string, so m is never None
+        return m.end() if m else pos
+
+    pos = skip_ws(0)
     if pos >= len(text) or text[pos] != "[":
         raise fail(pos, "expected a JSON array of [turns, questions, id] items")
-    pos = ws.match(text, pos + 1).end()
+    pos = skip_ws(pos + 1)
     items: list[tuple[int, object]] = []
     if pos < len(text) and text[pos] == "]":
         return items
@@ -207,9 +212,9 @@ def _json_array_items(path: Path) -> list[tuple[int, object]]:
         line += text.count("\n", counted, pos)
         counted = pos
         items.append((line, value))
-        pos = ws.match(text, end).end()
+        pos = skip_ws(end)
         if pos < len(text) and text[pos] == ",":
-            pos = ws.match(text, pos + 1).end()
+            pos = skip_ws(pos + 1)
             continue
         if pos < len(text) and text[pos] == "]":
             break

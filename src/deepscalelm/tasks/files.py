@@ -89,9 +89,9 @@ def _jsonl_table(path: Path, text: str) -> Table:
                 items.append((i, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise DSLMError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-    for line, rec in items:
+    for lineno, rec in items:
         if not isinstance(rec, dict):
-            raise DSLMError(f"{path}:{line}: expected a JSON object, got {type(rec).__name__}")
+            raise DSLMError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
     return Table(path, list(items), typed=True)  # type: ignore[arg-type]  # all dicts, checked above
 
 

@@ -22,8 +22,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -81,7 +82,7 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, *, model_state: Mapping[str, torch.Tensor],
                     optim_state: Mapping[str, Any], rng_states: Mapping[str, torch.Tensor],
-                    meta: Mapping[str, Any], keep: int = 2, extra_files: list[Path] = ()) -> Path:
+                    meta: Mapping[str, Any], keep: int = 2, extra_files: Sequence[Path] = ()) -> Path:
     """Write checkpoint `step` under ``run_dir/checkpoints`` atomically; prune to `keep` newest.
 
     `optim_state` is a torch optimizer state dict keyed by parameter names (as returned by

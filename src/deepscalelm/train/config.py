@@ -257,7 +257,8 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(model: ModelConfig, train: TrainConfig, items: Mapping[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+def apply_overrides(model: ModelConfig, train: TrainConfig, items: Mapping[str, Any]
+                    ) -> tuple[ModelConfig, TrainConfig]:
     """Apply ``key -> value`` changes; keys ``model.x``/``train.x`` or bare names of either dataclass."""
     mfields = {f.name for f in dataclasses.fields(ModelConfig)}
     tfields = {f.name for f in dataclasses.fields(TrainConfig)}

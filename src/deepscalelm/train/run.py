@@ -20,8 +20,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
-from ..data.objectives import (DEFAULT_OBJECTIVE, CausalLM, ImageClassification, MaskedLM, SpanCorruption,
-                               special_tokens)
+from ..data.objectives import DEFAULT_OBJECTIVE, CausalLM, ImageClassification, MaskedLM, SpanCorruption, special_tokens
 from ..data.stream import TokenStream, encode_split, open_stream, unigram_repeat_prob
 from ..data.text import BUILTIN, load_corpus, read_split_text
 from ..data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer

@@ -10,6 +10,7 @@ move with depth?". A run that diverges (non-finite loss) is recorded with ``val_
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -40,6 +41,11 @@ class SweepRun:
     steps: int
     seconds: float
     run_dir: str
+
+
+def _keep_last(last: dict[str, Any], _step: int, record: dict[str, Any]) -> None:
+    """Training callback: keep the latest logged record of a run in `last`."""
+    last.update(record)
 
 
 def _run_name(axis: str, value: int, lr: float, seed: int) -> str:
@@ -85,12 +91,12 @@ def _write(out: Path, model: ModelConfig, train: TrainConfig, runs: list[SweepRu
     tmp.replace(out / FILE)
 
 
-def best_lrs(runs: Sequence[SweepRun]) -> dict[str, dict[str, float]]:
+def best_lrs(runs: Sequence[SweepRun]) -> dict[str, dict[str, float | None]]:
     """Per swept value: the lr with the lowest mean val_loss over seeds (diverged runs count as +inf)."""
     table: dict[int, dict[float, list[float]]] = {}
     for r in runs:
         table.setdefault(r.value, {}).setdefault(r.lr, []).append(math.inf if r.val_loss is None else r.val_loss)
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for value, by_lr in sorted(table.items()):
         lr, losses = min(by_lr.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
         mean = sum(losses) / len(losses)
@@ -134,7 +140,7 @@ def sweep(model: ModelConfig, train: TrainConfig, out: str | Path, *, lrs: Seque
                 last: dict[str, Any] = {}
                 try:
                     res = train_run(run_dir, m, t, progress=False, log=lambda _msg: None,
-                                    callbacks=[lambda _s, rec, last=last: last.update(rec)])
+                                    callbacks=[functools.partial(_keep_last, last)])
                     val, tr, steps = res.final.get("val_loss"), last.get("loss"), res.steps
                 except NonFiniteError:
                     val, tr, steps = None, None, -1
