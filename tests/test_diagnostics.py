@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 from deepscalelm import DSLMError, ModelConfig, build_model
-from deepscalelm.diagnostics import (GRAD_RATIO, PRED_CORR_DIFF, PRED_VAR_FACTOR, RANK_COLLAPSE_CORR,
-                                     SATURATION_LOGIT_VAR, check, stream_moments)
+from deepscalelm.diagnostics import (
+    GRAD_RATIO,
+    PRED_CORR_DIFF,
+    PRED_VAR_FACTOR,
+    RANK_COLLAPSE_CORR,
+    SATURATION_LOGIT_VAR,
+    check,
+    stream_moments,
+)
 from deepscalelm.diagnostics.verdicts import judge, linear_fit, prediction_mismatch
 from deepscalelm.measure import measure, moments
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 ARCHS = ("decoder", "encoder", "encoder-decoder", "vit")
 NORMS = ("pre", "post")

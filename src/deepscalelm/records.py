@@ -27,9 +27,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 BLOCKS = ("embedding", "attn", "cross_attn", "ffn", "final_norm")
 
@@ -110,7 +111,7 @@ class Trajectory(Sequence[Record]):
         return f"Trajectory(source={self.source!r}, records={len(self.records)})"
 
     # Selections
-    def select(self, block: str | None = None, stack: str | None = None) -> "Trajectory":
+    def select(self, block: str | None = None, stack: str | None = None) -> Trajectory:
         """The records of one block type and/or stack, in order."""
         recs = [r for r in self.records if (block is None or r.block == block)
                 and (stack is None or r.stack == stack)]
@@ -151,7 +152,7 @@ class Trajectory(Sequence[Record]):
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "Trajectory":
+    def from_json(cls, text_or_path: str | Path) -> Trajectory:
         """Read what `to_json` wrote (a path or the JSON text itself)."""
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         text = p.read_text() if p is not None else str(text_or_path)
@@ -165,12 +166,12 @@ class Trajectory(Sequence[Record]):
         measurements), from ``meta["warnings"]`` written by `deepscalelm.predict`."""
         return [str(w) for w in self.meta.get("warnings", [])]
 
-    def invalid(self) -> "Trajectory":
+    def invalid(self) -> Trajectory:
         """The records flagged ``valid=False``."""
         return Trajectory([r for r in self.records if r.valid is False], self.source, self.meta)
 
     # Comparison
-    def join(self, other: "Trajectory") -> list[tuple[Record, Record]]:
+    def join(self, other: Trajectory) -> list[tuple[Record, Record]]:
         """Pairs (self, other) of records with the same (stack, layer, block) key, in self's order."""
         index = {r.key: r for r in other.records}
         return [(r, index[r.key]) for r in self.records if r.key in index]

@@ -16,8 +16,17 @@ from .report import ROW_FIELDS, CheckReport
 from .stats import logit_stats, stream_moments
 from .targets import PRESETS, AttentionSpec, StreamPoint, resolve_targets
 from .telemetry import Telemetry
-from .verdicts import (FIT_R2, GRAD_RATIO, MIN_FIT_LAYERS, PRED_CORR_DIFF, PRED_VAR_FACTOR, RANK_COLLAPSE_CORR,
-                       SATURATION_LOGIT_VAR, VAR_GROWTH_RATIO, Verdict)
+from .verdicts import (
+    FIT_R2,
+    GRAD_RATIO,
+    MIN_FIT_LAYERS,
+    PRED_CORR_DIFF,
+    PRED_VAR_FACTOR,
+    RANK_COLLAPSE_CORR,
+    SATURATION_LOGIT_VAR,
+    VAR_GROWTH_RATIO,
+    Verdict,
+)
 
 __all__ = ["check", "CheckReport", "Telemetry", "Verdict", "AttentionSpec", "StreamPoint", "PRESETS",
            "PROTOCOLS", "ROW_FIELDS", "resolve_targets", "stream_moments", "logit_stats", "MIN_FIT_LAYERS",

@@ -12,7 +12,8 @@ checkpointing recomputes, gradient accumulation repeats).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -8,8 +8,9 @@ The thresholds below are the ones docs/diagnostics.md lists and justifies.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["Verdict", "judge", "linear_fit", "MIN_FIT_LAYERS", "FIT_R2", "VAR_GROWTH_RATIO",
            "GRAD_RATIO", "RANK_COLLAPSE_CORR", "SATURATION_LOGIT_VAR", "PRED_VAR_FACTOR", "PRED_CORR_DIFF",

@@ -422,7 +422,7 @@ class _MassSums:
 
     __slots__ = ("sum_s", "sum_s_n", "sum_s2", "sum_c", "sum_j", "quad", "sum_m")
 
-    def __init__(self, a: "_SqMassTable", b: "_SqMassTable", t: float) -> None:
+    def __init__(self, a: _SqMassTable, b: _SqMassTable, t: float) -> None:
         u = 1.0 - t
         self.sum_s = u * a.sum_s + t * b.sum_s
         self.sum_s_n = u * a.sum_s_n + t * b.sum_s_n
@@ -458,7 +458,7 @@ def _geo_node(v: float) -> tuple[int, float]:
     return k, pos - k
 
 
-def _window_sums(n_max: int, v: float) -> "_SqMassTable | _MassSums":
+def _window_sums(n_max: int, v: float) -> _SqMassTable | _MassSums:
     """Sums over causal windows 1..n_max of the softmax masses at effective logit variance v."""
     if v <= 0.0:
         return _SqMassTable(n_max, v)
@@ -700,7 +700,7 @@ class Attention:
             return 1.0
         return (self._norm_n - 1.0) / (self._norm_n - 2.0)
 
-    def _table(self, v: float) -> "_SqMassTable | _MassSums":
+    def _table(self, v: float) -> _SqMassTable | _MassSums:
         return _window_sums(self.seq_len, v)
 
     def _full_window(self, v: float) -> tuple[float, float]:
@@ -772,7 +772,7 @@ class Attention:
         return self._forward_ctx(x, kv)[:2]
 
     def _forward_ctx(self, x: Signal, kv: Signal | None = None
-                     ) -> tuple[float, float, tuple, "_SqMassTable | _MassSums | None"]:
+                     ) -> tuple[float, float, tuple, _SqMassTable | _MassSums | None]:
         """`_forward_unscaled` plus the input moments (`_moments`) and the causal window sums it
         used, which the backward pass of the same input needs again (`_backward_ctx`)."""
         if kv is not None and self.causal:

@@ -310,7 +310,7 @@ class AttentionBlock:
         one = self._head.backward_kv(x, gh, kv)
         return _grad(self.n_heads * one.var, one.corr)
 
-    def _with_vo(self, v_var: float, o_var: float) -> "AttentionBlock":
+    def _with_vo(self, v_var: float, o_var: float) -> AttentionBlock:
         """This block with other V and O variances, without re-validating the unchanged fields.
 
         DSLM builds one block per attention layer (its V/O variances are layer-dependent); cloning

@@ -80,7 +80,7 @@ _new = object.__new__
 _INF = math.inf
 
 
-def _signal(mean: float, var: float, corr: float) -> "Signal":
+def _signal(mean: float, var: float, corr: float) -> Signal:
     # the chained comparison is false for NaN and +-inf, like math.isfinite
     if var >= 0.0 and -1.0 <= corr <= 1.0 and -_INF < mean + var < _INF:
         s = _new(Signal)
@@ -92,7 +92,7 @@ def _signal(mean: float, var: float, corr: float) -> "Signal":
     return Signal(mean, var, corr)
 
 
-def _grad(var: float, corr: float) -> "Grad":
+def _grad(var: float, corr: float) -> Grad:
     if 0.0 <= var < _INF and -1.0 <= corr <= 1.0:
         g = _new(Grad)
         d = g.__dict__

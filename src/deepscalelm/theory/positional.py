@@ -116,7 +116,7 @@ def window_masses_var(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, c
 
 
-def _rho1(win: "_Win", geo: "_Geom") -> np.ndarray:
+def _rho1(win: _Win, geo: _Geom) -> np.ndarray:
     """rho_ik - 1 for every query pair (window of the later query): e^{kappa_ik} - 1 with kappa = C_ik v_max
     without rotation, C_ik sigma_s^2 [(1 - r_max) c(i - k) + r_max D_ik] with rotary positions
     (docs/rope.md §3); `softmax_quad.pattern_corr_factor` (vectorised) where that window's v exceeds the
@@ -229,7 +229,7 @@ def _exchangeable_cov(x: Signal, L: int) -> np.ndarray:
     return K
 
 
-def attention_forward(comp, K: np.ndarray, win: "_Win | None" = None) -> np.ndarray:
+def attention_forward(comp, K: np.ndarray, win: _Win | None = None) -> np.ndarray:
     """L x L token covariance of a causal `AttentionBlock` output (after its dropout), given the
     covariance K of its input (docs/causal_attention.md §3 with window n = i and the window's own
     correlation; query pairs: shared keys with rho_ik = e^{C_ik v})."""
@@ -293,7 +293,7 @@ def ffn_forward(comp, K: np.ndarray) -> np.ndarray:
     return out
 
 
-def _attention_backward(comp, x, G: np.ndarray, win: "_Win | None" = None) -> np.ndarray:
+def _attention_backward(comp, x, G: np.ndarray, win: _Win | None = None) -> np.ndarray:
     """Gradient covariance at the input of a causal `AttentionBlock` (all heads), given the one at
     its output (after the output dropout). ``x``: the input's covariance matrix (or a `Signal`,
     taken as exchangeable)."""

@@ -28,9 +28,9 @@ Schemes:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from ..config import ModelConfig
 from .components import gelu_moments, silu_moments

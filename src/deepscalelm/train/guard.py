@@ -13,7 +13,7 @@ the newest checkpoint that passed is never pruned and is the one a stopped run p
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

@@ -20,9 +20,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,8 +286,11 @@ def restore_state(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optim
     With `sharded`, full state dicts (a checkpoint of a single-process run) are loaded into an FSDP model.
     """
     if sharded:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, strict=True)
         set_model_state_dict(model, msd, options=opts)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..theory.attention import Attention, Softmax
 from ..theory.moments import Grad, Signal

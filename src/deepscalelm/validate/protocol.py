@@ -15,7 +15,8 @@ torch is imported lazily so that importing this module is cheap.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["sample_field", "measure", "calc_err", "percentiles", "PERCENTILES"]
 
