@@ -45,7 +45,7 @@ def test_stream_moments_equals_covariance_definition():
         ref = moments(x)
         got = stream_moments(x)
         assert got[3] is True
-        for a, b in zip(ref, got[:3]):
+        for a, b in zip(ref, got[:3], strict=True):
             assert a == pytest.approx(b, rel=1e-10, abs=1e-12)
 
 
@@ -66,7 +66,7 @@ def test_check_equals_measure_on_our_model():
         rep = check(model, ids, protocol="paper", seed=3)
         ref = measure(model, ids, protocol="paper", seed=3)
         assert [(r["stack"], r["layer"], r["block"]) for r in rep.rows] == [r.key for r in ref]
-        for row, rec in zip(rep.rows, ref):
+        for row, rec in zip(rep.rows, ref, strict=True):
             for k in ("mean", "var", "corr", "grad_var", "grad_corr"):
                 assert row[k] == pytest.approx(getattr(rec, k), rel=1e-6, abs=1e-9), (norm, row["name"], k)
         # predicted columns come from deepscalelm.predict joined by key

@@ -58,7 +58,7 @@ def test_presets_and_attention_entropy(name):
                                and "wte" not in w["name"])
     ref = _entropy_from_model(model, ids)
     assert len(rep.attention) == 2
-    for entry, want in zip(rep.attention, ref):
+    for entry, want in zip(rep.attention, ref, strict=True):
         assert entry["entropy"] == pytest.approx(want.tolist(), rel=1e-4)
 
 

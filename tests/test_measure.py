@@ -109,7 +109,7 @@ def test_measure_equals_direct_computation(norm):
     traj = deepscalelm.measure(model, ids, seed=5)
     xs, fs = _direct(model, ids, seed=5)
     assert len(traj) == len(xs)
-    for i, (rec, x) in enumerate(zip(traj, xs)):
+    for i, (rec, x) in enumerate(zip(traj, xs, strict=True)):
         assert (rec.mean, rec.var, rec.corr) == pytest.approx(np_moments(x.detach().double().numpy()),
                                                               rel=1e-5, abs=1e-7)
         _, gv, gc = np_moments(x.grad.double().numpy())

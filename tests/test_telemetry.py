@@ -37,7 +37,7 @@ def test_records_every_n_steps_and_matches_check(tmp_path):
     assert [r["step"] for r in lines] == [0, 2, 4]
     rec = lines[0]
     assert [r["name"] for r in rec["rows"]] == [r["name"] for r in ref.rows]
-    for got, want in zip(rec["rows"], ref.rows):
+    for got, want in zip(rec["rows"], ref.rows, strict=True):
         for k in ("var", "corr", "grad_var", "grad_corr"):
             assert got[k] == pytest.approx(want[k], rel=1e-6), (got["name"], k)
         if want["logit_var"] is not None:

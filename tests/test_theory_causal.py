@@ -52,7 +52,7 @@ def _mc_stack(kinds, norm, r0, depth, seeds=6, batch=48):
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(seed)
 
-        def w(shape, var):
+        def w(shape, var, gen=gen):
             return torch.randn(*shape, generator=gen, dtype=torch.float64) * math.sqrt(var)
 
         layers = []

@@ -72,15 +72,15 @@ def test_activation_moments_against_quadrature(s2, r):
     }
     for comp, f, fp in acts.values():
         out = comp.forward(Signal(0.0, s2, r))
-        mean = _expect_2d(lambda u, v: f(s * u), 0.0)
-        m2 = _expect_2d(lambda u, v: f(s * u) ** 2, 0.0)
-        cross = _expect_2d(lambda u, v: f(s * u) * f(s * v), r)
+        mean = _expect_2d(lambda u, v, f=f: f(s * u), 0.0)
+        m2 = _expect_2d(lambda u, v, f=f: f(s * u) ** 2, 0.0)
+        cross = _expect_2d(lambda u, v, f=f: f(s * u) * f(s * v), r)
         assert out.mean == pytest.approx(mean, rel=1e-3, abs=1e-9)
         assert out.var == pytest.approx(m2 - mean ** 2, rel=1e-3)
         assert out.corr * out.var == pytest.approx(cross - mean ** 2, rel=2e-3, abs=1e-6)
         g = comp.backward(Signal(0.0, s2, r), Grad(2.0, 0.5))
-        d2 = _expect_2d(lambda u, v: fp(s * u) ** 2, 0.0)
-        dcross = _expect_2d(lambda u, v: fp(s * u) * fp(s * v), r)
+        d2 = _expect_2d(lambda u, v, fp=fp: fp(s * u) ** 2, 0.0)
+        dcross = _expect_2d(lambda u, v, fp=fp: fp(s * u) * fp(s * v), r)
         assert g.var == pytest.approx(2.0 * d2, rel=2e-3)
         assert g.corr * g.var == pytest.approx(2.0 * 0.5 * dcross, rel=3e-3, abs=1e-6)
 

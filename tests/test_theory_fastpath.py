@@ -85,8 +85,8 @@ def test_predict_unchanged(reference, name, kw, positional):
     got = _values(kw, positional)
     want = reference[name]
     assert len(got) == len(want)
-    for row_got, row_want in zip(got, want):
-        assert all(_same(a, b) for a, b in zip(row_got, row_want)), (name, row_got, row_want)
+    for row_got, row_want in zip(got, want, strict=True):
+        assert all(_same(a, b) for a, b in zip(row_got, row_want, strict=True)), (name, row_got, row_want)
 
 
 def test_reference_detects_changes(reference):
@@ -95,7 +95,7 @@ def test_reference_detects_changes(reference):
     row = list(reference[name][1])
     i = next(k for k, v in enumerate(row) if isinstance(v, float) and v != 0.0)
     row[i] = row[i] * (1 + 1e-9)
-    assert not all(_same(a, b) for a, b in zip(row, reference[name][1]))
+    assert not all(_same(a, b) for a, b in zip(row, reference[name][1], strict=True))
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
@@ -128,4 +128,4 @@ def test_dslm_weight_variances_unchanged():
         got = list(get_scheme(ModelConfig(**kw)).weight_var.items())
         want = ref[name]
         assert [k for k, _ in got] == [k for k, _ in want], name
-        assert all(_same(a, b) for (_, a), (_, b) in zip(got, want)), name
+        assert all(_same(a, b) for (_, a), (_, b) in zip(got, want, strict=True)), name

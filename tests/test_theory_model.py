@@ -26,7 +26,7 @@ def test_pre_ln_variance_grows_linearly_at_the_predicted_rate():
     v = np.array(ffn.column("var"))
     (slope, _), r2 = _r2(np.arange(1, len(v) + 1), v)
     assert r2 > 0.99
-    per_layer = np.mean([a.block_var + f.block_var for a, f in zip(t.select("attn"), ffn)])
+    per_layer = np.mean([a.block_var + f.block_var for a, f in zip(t.select("attn"), ffn, strict=True)])
     assert slope == pytest.approx(per_layer, rel=0.05)  # the block variances drift with the correlation
 
 

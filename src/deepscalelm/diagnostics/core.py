@@ -102,7 +102,7 @@ def build_rows(points: Sequence[StreamPoint], specs: Sequence[AttentionSpec], re
                  **st}
         attention.append(entry)
         if owner is not None:
-            def agg(fn, key, cur):
+            def agg(fn, key, cur, st=st):  # st bound now: agg is called in this iteration only
                 vals = [v for v in st[key] if math.isfinite(v)] or [math.nan]
                 v = fn(vals)
                 return v if cur is None else fn([cur, v])
@@ -251,10 +251,10 @@ def check(model: nn.Module, batch: Any, config: Any = None, *, streams: str | Se
             grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     finally:
         rec.detach()
-    for (name, _t), g in zip(outs, grads[:len(outs)]):
+    for (name, _t), g in zip(outs, grads[:len(outs)], strict=True):
         rec.record_grad(name, g)
     weights = []
-    for (name, p), g in zip(params, grads[len(outs):]):
+    for (name, p), g in zip(params, grads[len(outs):], strict=True):
         gn = None if g is None else float(g.detach().to(torch.float64).norm())  # None: unused parameter
         weights.append({"name": name, "shape": list(p.shape), "grad_norm": gn,
                         "weight_norm": float(p.detach().to(torch.float64).norm())})

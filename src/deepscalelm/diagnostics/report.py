@@ -189,7 +189,7 @@ class CheckReport:
         xlabel = layer_axis_label(self._keys())
         fig, axes = plt.subplots(1, 4, figsize=(19, 4.1))
         for ax, (key, desc) in zip(axes[:3], (("var", "forward variance"), ("corr", "token correlation"),
-                                              ("grad_var", "gradient variance"))):
+                                              ("grad_var", "gradient variance")), strict=True):
             meas = [float(r[key]) for r in self.rows]
             ax.plot(*self._broken(xs, meas), "-", lw=1.4, label="measured")
             pred = [r["pred_" + key] for r in self.rows]

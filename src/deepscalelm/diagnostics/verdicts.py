@@ -65,11 +65,11 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, 
         raise ValueError(f"linear_fit needs >= 2 paired points, got {n} and {len(ys)}")
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
     b = sxy / sxx if sxx > 0 else 0.0
     a = my - b * mx
     ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
     return a, b, (1.0 - ss_res / ss_tot) if ss_tot > 0 else 1.0
 
 

@@ -77,7 +77,7 @@ _NODES = [(-_Z_MAX + k * _Z_STEP) for k in range(int(round(2 * _Z_MAX / _Z_STEP)
 _WEIGHTS = [math.exp(-0.5 * z * z) for z in _NODES]
 _WSUM = sum(_WEIGHTS)
 _WEIGHTS = [w / _WSUM for w in _WEIGHTS]
-_NODE_WEIGHTS = tuple(zip(_NODES, _WEIGHTS))
+_NODE_WEIGHTS = tuple(zip(_NODES, _WEIGHTS, strict=True))
 
 _QK_NORMS = (None, "rmsnorm", "layernorm")
 
@@ -209,7 +209,7 @@ def softmax_sq_mass(n: int, v: float) -> float:
     mur = math.log(n - 1) + 0.5 * v - 0.5 * s2r     # log-normal mean of R
     sw = math.sqrt(v + s2r)
     acc = 0.0
-    for z, w in zip(_NODES, _WEIGHTS):
+    for z, w in zip(_NODES, _WEIGHTS, strict=True):
         acc += w * _logistic_sq(mur + sw * z)
     return n * acc
 

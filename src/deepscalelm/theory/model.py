@@ -321,7 +321,7 @@ def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signa
     recs = [Record(stack_label, 0, "embedding", emb.mean, emb.var, emb.corr, g_emb.var, g_emb.corr,
                    valid=True)]
     new, append = object.__new__, recs.append
-    for st, g in zip(steps, grads):
+    for st, g in zip(steps, grads, strict=True):
         # Record(...) without the frozen dataclass's per-field object.__setattr__ (same fields)
         y, f = st.y, st.f
         r = new(Record)

@@ -257,7 +257,7 @@ def dslm(config: ModelConfig) -> Scheme:
     # the per-layer weights ({stack}layers.{i}.{block}.{w}.weight, see naming.weight_shapes), by
     # their {w}: the values the chain below gives them, computed once instead of per weight
     per_layer: dict[str, float | None] = {"q": 1.0 / d, "k": 1.0 / d, "v": None, "o": None, **ffn}
-    for n, (rows, cols) in shapes.items():
+    for n, (_rows, cols) in shapes.items():
         if "layers." in n and n.endswith(".weight"):
             w = n[n.rfind(".", 0, -7) + 1:-7]
             if w in per_layer:

@@ -415,7 +415,7 @@ CHECKS: dict[str, Callable[[dict, Any, Any], list[Row]]] = {
 # ------------------------------------------------------------------------------------- grids
 def _product(**lists: list) -> list[dict]:
     keys = list(lists)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(lists[k] for k in keys))]
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(lists[k] for k in keys))]
 
 
 def authors_grid(name: str) -> list[dict]:
