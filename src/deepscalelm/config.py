@@ -236,7 +236,8 @@ class ModelConfig(DictConfig):
     def token_repeat_prob(self) -> float:
         """P(two different positions hold the same token): ``same_token_prob`` or the Zipf estimate.
 
-        Zipf estimate (the paper's Zipf embedding correlation, with the Euler-Mascheroni constant as the reviewer suggests):
+        Zipf estimate (the paper's Zipf embedding correlation, with the Euler-Mascheroni constant as the reviewer
+        suggests):
         zeta(2) / (ln V + gamma)^2, clipped to [0, 1].
         """
         if self.same_token_prob is not None:

@@ -270,7 +270,8 @@ def check(model: nn.Module, batch: Any, config: Any = None, *, streams: str | Se
     if not math.isfinite(loss_value):
         from .verdicts import Verdict
 
-        verdicts.insert(0, Verdict("nonfinite_loss", "error", f"the loss is {loss_value}", details={"loss": loss_value}))
+        verdicts.insert(0, Verdict("nonfinite_loss", "error", f"the loss is {loss_value}",
+                                   details={"loss": loss_value}))
     meta["nonfinite_weight_grads"] = bad_w
     return CheckReport(rows, attn, weights, verdicts, meta)
 

@@ -105,7 +105,8 @@ class CheckReport:
         lines = [head, "-" * len(head)]
         for r in keep:
             lines.append(f"{r['stack'] or '-':<8}{r['layer']:>5} {r['block']:<11}{_num(r['var'], '10.4g')}"
-                         f"{_num(r['pred_var'], '10.4g'):>10}{_num(r['corr'], '8.3f'):>8}{_num(r['pred_corr'], '8.3f'):>8}"
+                         f"{_num(r['pred_var'], '10.4g'):>10}{_num(r['corr'], '8.3f'):>8}"
+                         f"{_num(r['pred_corr'], '8.3f'):>8}"
                          f"{_num(r['grad_var'], '11.4g'):>11}{_num(r['pred_grad_var'], '11.4g'):>11}"
                          f"{_num(r['logit_var'], '10.3g'):>10}{_num(r['entropy'], '8.3f'):>8}")
         if len(keep) < len(self.rows):
@@ -205,7 +206,8 @@ class CheckReport:
         ax_pts = [(x, r["logit_var"], r["logit_max"]) for x, r in zip(xs, self.rows, strict=True)
                   if r["logit_var"] is not None]
         if ax_pts:
-            ax.plot([p[0] for p in ax_pts], [p[1] for p in ax_pts], "o-", ms=2, lw=1.2, label="logit variance (worst head)")
+            ax.plot([p[0] for p in ax_pts], [p[1] for p in ax_pts], "o-", ms=2, lw=1.2,
+                    label="logit variance (worst head)")
             ax.plot([p[0] for p in ax_pts], [p[2] for p in ax_pts], "s-", ms=2, lw=1.2, label="max logit")
             from .verdicts import SATURATION_LOGIT_VAR
 

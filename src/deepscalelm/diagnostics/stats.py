@@ -72,7 +72,8 @@ def logit_stats(q: torch.Tensor, k: torch.Tensor, n_heads: int, n_kv_heads: int,
     mask = None
     if causal and L == S:
         mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
-    keys_per_row = mask.sum(-1).to(torch.float64) if mask is not None else torch.full((L,), float(S), dtype=torch.float64, device=q.device)
+    keys_per_row = (mask.sum(-1).to(torch.float64) if mask is not None
+                    else torch.full((L,), float(S), dtype=torch.float64, device=q.device))
     multi = keys_per_row > 1
     var_sum = torch.zeros(n_heads, dtype=torch.float64, device=q.device)
     mx = torch.full_like(var_sum, -math.inf)

@@ -96,14 +96,16 @@ def _nonfinite(rows: list[dict]) -> list[Verdict]:
     if bad:
         r = bad[0]
         out.append(Verdict("nonfinite_forward", "error",
-                           f"non-finite values (NaN/inf) in the forward stream, first at {_where(r['stack'], r['layer'])} "
+                           f"non-finite values (NaN/inf) in the forward stream, first at "
+                           f"{_where(r['stack'], r['layer'])} "
                            f"({r['name']}, {r['block']})", r["stack"], r["layer"], r["name"]))
     gbad = [r for r in rows if not r["grad_finite"]]
     if gbad and not bad:
         r = gbad[-1]  # the backward pass runs from the output: its first non-finite point is the last one
         out.append(Verdict("nonfinite_gradient", "error",
                            f"non-finite gradients (NaN/inf), first (coming from the output) at "
-                           f"{_where(r['stack'], r['layer'])} ({r['name']}, {r['block']})", r["stack"], r["layer"], r["name"]))
+                           f"{_where(r['stack'], r['layer'])} ({r['name']}, {r['block']})",
+                           r["stack"], r["layer"], r["name"]))
     return out
 
 

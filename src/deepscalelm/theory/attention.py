@@ -1,9 +1,10 @@
-"""Closed-form moments of softmax and of one scaled dot-product attention head (the paper's Table 1, softmax; the paper's Table 1, attention).
+"""Closed-form moments of softmax and of one scaled dot-product attention head (the paper's Table 1, softmax;
+the paper's Table 1, attention).
 
 Pure Python (``math`` only), so the whole-model engine can call it thousands of times.
 
-Conventions (the paper's moment definitions, `deepscalelm.theory.moments`): a `Signal` carries the mean, the variance and
-the token-to-token correlation ``corr`` of an activation (covariance of two *different* tokens at the
+Conventions (the paper's moment definitions, `deepscalelm.theory.moments`): a `Signal` carries the mean, the variance
+and the token-to-token correlation ``corr`` of an activation (covariance of two *different* tokens at the
 same hidden unit over the variance); a `Grad` the variance and token correlation of a zero-mean
 gradient. All variances are in squared activation units; no quantity here has physical units.
 

@@ -1,4 +1,5 @@
-"""Block-level moments (blocks composed from the paper's Table 1): the FFN block, the multi-head attention block, the residual merge.
+"""Block-level moments (blocks composed from the paper's Table 1): the FFN block, the multi-head attention block, the
+residual merge.
 
 A block maps the moments of its input (a LayerNorm output in Pre-LN, the normalised stream in
 Post-LN) to the moments of its output F *after* its output dropout and before the residual scaling.

@@ -2,8 +2,8 @@
 
 Each component has ``forward(x: Signal) -> Signal`` (moments of the output given the input's) and
 ``backward(x: Signal, g: Grad) -> Grad`` (moments of the gradient at the input, given the forward
-input ``x`` and the gradient ``g`` arriving at the output). Assumptions (the paper's Gaussian input model): for each hidden
-unit the L token values are jointly Gaussian and exchangeable (mean mu, variance sigma^2, pairwise
+input ``x`` and the gradient ``g`` arriving at the output). Assumptions (the paper's Gaussian input model): for each
+hidden unit the L token values are jointly Gaussian and exchangeable (mean mu, variance sigma^2, pairwise
 correlation r); hidden units are independent; weights are i.i.d. zero-mean normal and independent of
 the inputs; the incoming gradient is independent of the forward activations.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
 
@@ -601,6 +602,9 @@ def __getattr__(name: str):
         return getattr(attention, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+if TYPE_CHECKING:  # the lazy re-exports of __getattr__, visible to linters and type checkers
+    from .attention import Attention, Softmax
 
 __all__ = ["Linear", "Dropout", "ReLU", "GeLU", "SiLU", "GatedProduct", "LayerNorm", "RMSNorm", "Embedding",
            "Softmax", "Attention", "relu_cov_factor", "gelu_moments", "gelu_cross_moment", "gelu_grad_moment",

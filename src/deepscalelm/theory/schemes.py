@@ -171,7 +171,8 @@ def dslm_beta2(config: ModelConfig, stack: str = "") -> float:
 
 
 def embedding_corr(config: ModelConfig) -> float:
-    """Token correlation of the summed embedding before dropout (the paper's Zipf embedding correlation), equal table variances.
+    """Token correlation of the summed embedding before dropout (the paper's Zipf embedding correlation), equal table
+    variances.
 
     r0 = sum over tables of (var_table / var_total) * P(two positions share a row of that table):
     token table: `ModelConfig.token_repeat_prob`; learned positions: 0; token types: 1 (one segment);
@@ -210,8 +211,8 @@ def dslm_ffn_variances(config: ModelConfig) -> dict[str, float]:
       forward *and* unit backward gain. DSLM keeps the forward gain at 1 (the stream variance
       depends on it) with unit gate and up pre-activations, sigma_1^2 = sigma_3^2 = 1/d, and
       sigma_2^2 = (1-p)/(m2(1) d_ff); the block's backward gain is then 1 + m2'(1)/m2(1)
-      (SwiGLU 2.067, GeGLU 2.072; plus O(1/d), `FFNBlock._reuse_var`), so each FFN merge multiplies the gradient variance by
-      1 + beta^2 (gain - 1), a depth-independent total of about exp(1.07 k/2) over a stack with
+      (SwiGLU 2.067, GeGLU 2.072; plus O(1/d), `FFNBlock._reuse_var`), so each FFN merge multiplies the gradient
+      variance by 1 + beta^2 (gain - 1), a depth-independent total of about exp(1.07 k/2) over a stack with
       depth_unit "blocks".
     """
     d, f, p = config.d_model, config.ffn_dim, config.dropout

@@ -361,7 +361,8 @@ class TrainResult:
     unit: str = "tokens"
 
 
-def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None, explicit: bool) -> tuple[ModelConfig, TrainConfig]:
+def _resolve_resume(out: Path, train: TrainConfig, model: ModelConfig | None,
+                    explicit: bool) -> tuple[ModelConfig, TrainConfig]:
     """Configs for a resumed run: the stored ones, with only resumable changes allowed."""
     stored_m, stored_t = run_configs(out)
     if not explicit:
@@ -454,7 +455,8 @@ def train(out: str | Path, model_config: ModelConfig, train_config: TrainConfig,
 
 def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setup: _Setup, *, resume: bool,
            explicit_config: bool, factory: ModelFactory | None, progress: bool, log: Callable[[str], None],
-           user_log: Callable[[str], None] | None, callbacks: Iterable[Callable[[int, dict[str, Any]], None]]) -> TrainResult:
+           user_log: Callable[[str], None] | None,
+           callbacks: Iterable[Callable[[int, dict[str, Any]], None]]) -> TrainResult:
     factory = factory or default_factory
     d = setup_dist(train_config.device)
     quiet = (lambda *_a, **_k: None)
@@ -568,7 +570,8 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
     say(f"model: {mcfg.arch}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, {_block_summary(mcfg)}, "
         f"scheme {mcfg.scheme}, "
         f"{n_params / 1e6:.2f}M parameters; device {device}"
-        f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, {d.world} process(es), "
+        f"{f' ({torch.get_num_threads()} threads)' if device.type == 'cpu' else ''}, {precision}, "
+        f"{d.world} process(es), "
         f"batch {tcfg.batch_size} = {d.world} x {accum} x {micro}")
 
     def save(at: int, health_args: dict[str, Any]) -> tuple[Path | None, dict[str, Any] | None]:
@@ -667,7 +670,8 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
                     step = s
                     rec = {"step": s, "skipped": True, "loss": loss_f if math.isfinite(loss_f) else None}
                     metrics.log(rec)
-                    (bar.write if bar is not None else say)(f"step {s}: non-finite {what}; step skipped (--on-nan skip)")
+                    (bar.write if bar is not None else say)(
+                        f"step {s}: non-finite {what}; step skipped (--on-nan skip)")
                     if bar is not None:
                         bar.update(1)
                     for cb in callbacks:

@@ -6,8 +6,8 @@ loss = sum(out * G) with a structured random G, measures the moments (`protocol.
 returns rows ``(quantity, actual, predicted, pred_var)``; ``pred_var`` (a predicted variance) is
 given for quantities that may be ~0 (means, covariances), see `protocol.calc_err`.
 
-Grids: ``authors`` (the full grids of the paper's component-check protocol, a long benchmark), ``quick`` (a reduced subset for
-``dslm validate --quick``), ``test`` (seconds, for the test-suite) and ``random`` (independent random
+Grids: ``authors`` (the full grids of the paper's component-check protocol, a long benchmark), ``quick`` (a reduced
+subset for ``dslm validate --quick``), ``test`` (seconds, for the test-suite) and ``random`` (independent random
 points drawn from the same ranges with their own seed, at CPU-sized d and L).
 """
 
@@ -388,7 +388,8 @@ def check_attention_block(pt: dict, gen: Any, dtype: Any) -> list[Row]:
 
 
 def check_embedding(pt: dict, gen: Any, dtype: Any) -> list[Row]:
-    """Forward moments of one embedding table with Zipf-distributed token ids (the paper's Zipf embedding correlation)."""
+    """Forward moments of one embedding table with Zipf-distributed token ids (the paper's Zipf embedding
+    correlation)."""
     from ..theory.components import Embedding
 
     torch = _torch()
@@ -419,8 +420,8 @@ def _product(**lists: list) -> list[dict]:
 
 
 def authors_grid(name: str) -> list[dict]:
-    """The full grids of the paper's component-check protocol (``attention_causal``/``cross_attention``/``embedding`` have no
-    authors' grid; the bidirectional one, resp. a modest grid, is used)."""
+    """The full grids of the paper's component-check protocol (``attention_causal``/``cross_attention``/``embedding``
+    have no authors' grid; the bidirectional one, resp. a modest grid, is used)."""
     if name == "linear":
         return _product(mu=[0.1, 1, 10], sx=_S3, rx=_R3, mw=[0.1, 1, 10], sg=_S3, rg=_R3,
                         d_in=[100, 316, 1000], d_out=[100, 316, 1000], L=[100, 1000], runs=[100])
