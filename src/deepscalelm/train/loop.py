@@ -680,7 +680,7 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
                 b0 = to_device(rows(mine, 0, micro), device)
                 # the re-run would need every rank in lockstep: FSDP runs skip the layer search
                 where = "layer not located under FSDP" if sharded else \
-                    locate_nonfinite(raw, lambda b0=b0: forward(raw, objective, b0))
+                    locate_nonfinite(raw, lambda: forward(raw, objective, b0))  # noqa: B023 (run at once, then raise)
                 raise NonFiniteError(f"non-finite {what} at step {s} (loss {loss_f}, grad norm {gnorm}); {where}; "
                                      f"{kept()}. Lower the learning rate, use --on-nan skip, or change the scheme")
             scaler.step(optimizer)
