@@ -52,15 +52,17 @@ class DictConfig:
 
     def replace(self, **changes: Any):
         """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        me: Any = self  # the mixin is only used on dataclasses
+        return dataclasses.replace(me, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        me: Any = self
+        return dataclasses.asdict(me)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):
         """Build from a mapping; a non-mapping or unknown keys raise ValueError listing the known fields."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # a dataclass subclass
         if not isinstance(data, Mapping):
             raise ValueError(f"{cls.__name__} expects an object of fields {sorted(known)}, "
                              f"got {type(data).__name__} {data!r}"[:300])

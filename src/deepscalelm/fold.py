@@ -77,7 +77,7 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 
 def _fan_in(module: nn.Module) -> int:
-    w = module.weight
+    w: Any = module.weight  # a Linear's or Conv1D's weight tensor
     return int(w.shape[0] if _is_conv1d(module) else w.shape[1])
 
 
@@ -229,9 +229,9 @@ def _materialise(model: nn.Module, device: torch.device | str | None) -> nn.Modu
         try:
             from transformers.initialization import no_init_weights
         except ImportError:  # transformers 4.x
-            from transformers.modeling_utils import no_init_weights
+            from transformers.modeling_utils import no_init_weights  # type: ignore[attr-defined, no-redef]
         with no_init_weights(), torch.device(device):
-            fresh = type(model)(model.config)
+            fresh: Any = type(model)(model.config)
         if hasattr(fresh, "tie_weights"):  # construction under no_init_weights may leave heads untied
             fresh.tie_weights()
         return fresh
@@ -262,7 +262,8 @@ def _apply_own(model: nn.Module, scheme: str, seed: int, config: ModelConfig | N
     from .models.init import apply_scheme
 
     _check_options(scheme, options)
-    cfg = (config or model.config).replace(scheme=scheme, **options)
+    ours: Any = model  # a deepscalelm model, whose .config is its ModelConfig
+    cfg = (config or ours.config).replace(scheme=scheme, **options)
     if _has_meta(model):
         model.to_empty(device=torch.device("cpu" if device is None else device))
     with torch.random.fork_rng(devices=[]):

@@ -101,7 +101,7 @@ class Trajectory(Sequence[Record]):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         return self.records[i]
 
     def __iter__(self) -> Iterator[Record]:

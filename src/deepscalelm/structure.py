@@ -362,15 +362,19 @@ def own_structure(model: nn.Module) -> list[Resolved]:
     Each stack's `Resolved.stack` is its record stack name; its sites are the embedding dropout,
     every attn / cross / ffn residual block (branch: the block's ``drop``) and, for Pre-LN, ``ln_f``.
     """
+    from .config import ModelConfig
+
     out = []
-    for stack_name, stack in model.stacks():
+    ours: Any = model  # a deepscalelm model (see _is_ours): .stacks() and .config are known to exist
+    config: ModelConfig = ours.config
+    for stack_name, stack in ours.stacks():
         prefix = f"{stack_name}." if stack_name else ""
         cross = bool(len(stack.layers)) and getattr(stack.layers[0], "cross", None) is not None
         residuals = tuple(r for r in _OWN_RESIDUALS if r[0] != "cross_attn" or cross)
-        s = dataclasses.replace(_OURS, norm=model.config.norm, causal=model.config.arch == "decoder"
+        s = dataclasses.replace(_OURS, norm=config.norm, causal=config.arch == "decoder"
                                 or stack_name == "decoder", bases=(prefix,),
                                 final_norm="ln_f" if stack.ln_f is not None else None,
-                                tok_emb=None if model.config.arch == "vit" else "tok_emb", head=None,
+                                tok_emb=None if config.arch == "vit" else "tok_emb", head=None,
                                 pos_emb="pos_emb" if getattr(stack, "pos_emb", None) is not None else None,
                                 residuals=residuals)
         out.append(dataclasses.replace(resolve(model, s), stack=stack_name))

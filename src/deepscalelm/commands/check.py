@@ -197,7 +197,7 @@ def _run_hf(args: argparse.Namespace) -> int:
     config, why = _hf_config(args, dict(given))
     if config is None:  # measured only: the batch from the HF config's sizes
         hf = model.config
-        length = given.get("seq_len") or min(int(getattr(hf, "max_position_embeddings", None)
+        length = given.get("seq_len") or min(int(getattr(hf, "max_position_embeddings", 0)
                                                  or getattr(hf, "n_positions", HF_SEQ_LEN)), HF_SEQ_LEN)
         sizes = ModelConfig(arch="decoder", vocab_size=int(hf.vocab_size), seq_len=length)
     else:

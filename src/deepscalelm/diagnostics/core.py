@@ -265,7 +265,7 @@ def check(model: nn.Module, batch: Any, config: Any = None, *, streams: str | Se
                             "batch_shape": _shapes(batch), "predicted": False}
     if config is not None:
         meta.update(_join_prediction(rows, config, getattr(model, "scheme", None), protocol))
-    bad_w = [w["name"] for w in weights if w["grad_norm"] is not None and not math.isfinite(w["grad_norm"])]
+    bad_w = [w["name"] for w in weights if isinstance(w["grad_norm"], float) and not math.isfinite(w["grad_norm"])]
     verdicts = judge(rows, attn)
     if not math.isfinite(loss_value):
         from .verdicts import Verdict

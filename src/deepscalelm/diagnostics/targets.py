@@ -142,7 +142,8 @@ def _our_attention(name: str, mod: nn.Module, causal: bool) -> AttentionSpec:
     grouped-query blocks have ``n_kv_heads`` key heads."""
     post = getattr(mod, "q_post", None) is not None
     q, k = (f"{name}.q_post", f"{name}.k_post") if post else (f"{name}.q", f"{name}.k")
-    return AttentionSpec(name, mod.n_heads, getattr(mod, "n_kv_heads", mod.n_heads), causal, q=q, k=k)
+    att: Any = mod  # a deepscalelm attention block: .n_heads (int) and, grouped-query, .n_kv_heads
+    return AttentionSpec(name, att.n_heads, getattr(att, "n_kv_heads", att.n_heads), causal, q=q, k=k)
 
 
 def _ours(model: nn.Module) -> tuple[list[StreamPoint], list[AttentionSpec]]:
@@ -277,7 +278,7 @@ def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None
                 f"pass streams= (names or a glob such as 'blocks.*'); {_suggest('layers.0', names)}")
         points, attns = found
     if attention is not None:
-        items = [attention] if isinstance(attention, (str, AttentionSpec)) else list(attention)
+        items: list[Any] = [attention] if isinstance(attention, (str, AttentionSpec)) else list(attention)
         if items and all(isinstance(a, AttentionSpec) for a in items):
             attns = list(items)
             mods = {n for n, _ in model.named_modules()}

@@ -141,6 +141,7 @@ class Telemetry:
 
     def _tensorboard(self, record: dict[str, Any]) -> None:
         w, step = self._writer, record["step"]
+        assert w is not None  # called only while a writer is open
         for r in record["rows"]:
             for key in ("var", "corr", "grad_var", "logit_var", "entropy"):
                 v = r.get(key)

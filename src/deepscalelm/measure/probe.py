@@ -71,8 +71,9 @@ def _is_own(model: nn.Module) -> bool:
 
 def _meta(model: nn.Module, own: bool, args: tuple | dict, protocol: str, seed: int) -> dict[str, Any]:
     values = args.values() if isinstance(args, dict) else args
-    meta: dict[str, Any] = {"config": model.config.to_dict() if own else None,
-                            "scheme": model.scheme.name if own else None, "protocol": protocol,
+    ours: Any = model  # when own, a deepscalelm model with .config and .scheme
+    meta: dict[str, Any] = {"config": ours.config.to_dict() if own else None,
+                            "scheme": ours.scheme.name if own else None, "protocol": protocol,
                             "batch_shape": [tuple(a.shape) for a in values if isinstance(a, torch.Tensor)],
                             "training": model.training, "seed": seed}
     if not own:
@@ -84,14 +85,15 @@ def _meta(model: nn.Module, own: bool, args: tuple | dict, protocol: str, seed: 
 def _forward(model: nn.Module, own: bool, args: tuple | dict, protocol: str, targets: torch.Tensor | None,
              seed: int, last: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
     """The scalar whose gradient is measured (see `measure`); ``last`` receives the final stream tensor."""
+    ours: Any = model  # when own, a deepscalelm model with .loss and .hidden
     if protocol == "loss":
         if own:
-            return model.loss(*args, targets=targets)
+            return ours.loss(*args, targets=targets)
         from ..diagnostics.core import _loss
 
         return _loss(model, batch, targets)
     if own:
-        h = model.hidden(*args)
+        h = ours.hidden(*args)
     else:
         model(**args) if isinstance(args, dict) else model(*args)
         h = last.get("h")
@@ -153,7 +155,7 @@ def measure(model: nn.Module, batch: Any, protocol: str = "paper", targets: torc
 
     def block_hook(key: tuple) -> Callable:
         def hook(_module: nn.Module, _inp: Any, out: Any) -> None:
-            blk.setdefault(key, moments(first_tensor(out)))
+            blk.setdefault(key, moments(first_tensor(out)))  # type: ignore[arg-type]  # a block returns a tensor
         return hook
 
     handles = []

@@ -511,7 +511,7 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
         if tcfg.activation_checkpointing:
             if not hasattr(raw, "set_activation_checkpointing"):
                 raise DSLMError("this model does not support activation checkpointing")
-            raw.set_activation_checkpointing(True)
+            raw.set_activation_checkpointing(True)  # type: ignore[operator]  # present: checked just above
     model: nn.Module = raw
     if d.enabled and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -560,7 +560,7 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
             say(f"resumed from {ckpt} at step {step}")
     if step == 0:
         torch.manual_seed(tcfg.seed + 1 + d.rank)
-    fwd_model: nn.Module = torch.compile(model) if tcfg.compile else model
+    fwd_model: nn.Module = torch.compile(model) if tcfg.compile else model  # type: ignore[assignment]  # a Module
 
     metrics = Metrics(out, d.main, step if resume else None,
                       wandb_project=tcfg.wandb_project if tcfg.wandb else None,
@@ -643,7 +643,7 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
             for m in range(accum):
                 b = to_device(rows(mine, m * micro, (m + 1) * micro), device)
                 sync = (m == accum - 1) or not isinstance(model, nn.parallel.DistributedDataParallel)
-                ctx = contextlib.nullcontext() if sync else model.no_sync()
+                ctx = contextlib.nullcontext() if sync else model.no_sync()  # type: ignore[operator]  # DDP here
                 with ctx:
                     with autocast_ctx(precision, device):
                         logits = forward(fwd_model, objective, b)
@@ -653,9 +653,9 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
                 loss_acc += loss.detach() / accum
             loss_val = _all_reduce_mean(loss_acc, d)
             scaler.unscale_(optimizer)
-            gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters() if not d.enabled else model.parameters(),
-                                                   tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-            gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+            gnorm_t = torch.nn.utils.clip_grad_norm_(raw.parameters() if not d.enabled else model.parameters(),
+                                                     tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+            gnorm = float(gnorm_t.full_tensor() if hasattr(gnorm_t, "full_tensor") else gnorm_t)
             loss_f = float(loss_val)
             bad = not math.isfinite(loss_f) or (not scaler.is_enabled() and not math.isfinite(gnorm))
             if bad:
@@ -737,6 +737,7 @@ def _train(out: Path, model_config: ModelConfig, train_config: TrainConfig, setu
     sample = None
     # an FSDP forward is collective: then every rank samples (the same tokens), else rank 0 alone
     if objective == "causal" and rd.tokenizer is not None and tcfg.sample_tokens > 0 and (d.main or sharded):
+        assert tcfg.sample_prompt is not None  # filled in from run.json at the start
         prompt = rd.tokenizer.encode(tcfg.sample_prompt) or [0]
         ids = generate(model if sharded else raw, prompt, tcfg.sample_tokens, mcfg.seq_len,
                        temperature=tcfg.temperature, top_k=tcfg.top_k, seed=tcfg.seed, device=device)

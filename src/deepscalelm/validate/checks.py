@@ -110,6 +110,7 @@ def _check_act(name: str, pt: dict, gen: Any, dtype: Any) -> list[Row]:
     torch = _torch()
     runs, L, d = pt["runs"], pt["L"], pt["d"]
     x = sample_field(runs, L, d, 0.0, pt["sx"], pt["rx"], gen, dtype).requires_grad_(True)
+    comp: C.ReLU | C.SiLU | C.GeLU
     if name == "relu":
         y, comp = torch.relu(x), C.ReLU()
     elif name == "silu":
@@ -542,7 +543,7 @@ def random_grid(name: str, n: int, seed: int) -> list[dict]:
 
     pts = []
     for _ in range(n):
-        base = dict(sx=logu(0.3162, 3.1623), sg=logu(0.3162, 3.1623))
+        base: dict[str, Any] = dict(sx=logu(0.3162, 3.1623), sg=logu(0.3162, 3.1623))
         if name == "linear":
             pt = dict(base, mu=rng.choice([-1, 1]) * logu(0.1, 10), rx=rng.uniform(0, 2 / 3),
                       mw=logu(0.1, 10), rg=rng.uniform(0, 2 / 3), d_in=rng.randint(64, 256),
