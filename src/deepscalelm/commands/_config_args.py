@@ -93,3 +93,19 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     default = ModelConfig()
     values = {f.name: getattr(args, f"cfg_{f.name}") for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: getattr(default, k) if v is UNSET else v for k, v in values.items()})
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated numbers, e.g. ``1e-3,3e-3``."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated integers, e.g. ``2,8,32``."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None

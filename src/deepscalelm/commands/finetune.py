@@ -7,23 +7,10 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ..tasks.files import DEV_FRAC, TASK_TYPES
+from ._config_args import float_list, int_list
 
 if TYPE_CHECKING:
     from ..tasks import TaskData
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None,
                    help="data root holding sst2/, boolq/, dream/, babi/ (default: $DSLM_DATA, else ./data; "
                         "sources in docs/data.md)")
-    p.add_argument("--lrs", type=_floats, default=(1e-4, 3e-4), help="comma-separated learning rates")
-    p.add_argument("--seeds", type=_ints, default=(0, 1), help="comma-separated seeds")
+    p.add_argument("--lrs", type=float_list, default=(1e-4, 3e-4), help="comma-separated learning rates")
+    p.add_argument("--seeds", type=int_list, default=(0, 1), help="comma-separated seeds")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=16)

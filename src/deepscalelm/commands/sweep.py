@@ -5,19 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+from ._config_args import float_list, int_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML/TOML/JSON file with 'model' and 'train' sections")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override a field of the base configuration (repeatable), e.g. --set model.d_model=64")
-    p.add_argument("--lrs", type=_floats, required=True, help="comma-separated learning rates")
+    p.add_argument("--lrs", type=float_list, required=True, help="comma-separated learning rates")
     grid = p.add_mutually_exclusive_group(required=True)
-    grid.add_argument("--depths", type=_ints, help="comma-separated n_layers values")
-    grid.add_argument("--widths", type=_ints, help="comma-separated d_model values")
-    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the config's seed)")
+    grid.add_argument("--depths", type=int_list, help="comma-separated n_layers values")
+    grid.add_argument("--widths", type=int_list, help="comma-separated d_model values")
+    p.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds (default: the config's seed)")
     p.add_argument("--max-steps", type=int, help="optimizer steps per run")
     p.add_argument("--scheme", help="model.scheme (dslm, xavier, normal, gpt2, deepnet)")
     p.add_argument("--parametrization", choices=["standard", "dslm", "completep"], help="optimiser parametrisation")
@@ -55,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, dest) is not None:
             overrides[key] = getattr(args, dest)
     model, train = resolve(args.preset, args.config, overrides)
-    runs = sweep(model, train, args.out, lrs=args.lrs, depths=args.depths or (), widths=args.widths or (),
+    runs = sweep(model, train, args.out, lrs=list(args.lrs), depths=args.depths or (), widths=args.widths or (),
                  seeds=args.seeds or ())
     print("best learning rate per " + ("depth" if args.depths else "width") + ":")
     for value, b in best_lrs(runs).items():

@@ -162,6 +162,7 @@ def plot_transfer(runs: Sequence[SweepRun], path: str | Path, title: str = "") -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from ..plotting import save_figure
 
@@ -183,11 +184,13 @@ def plot_transfer(runs: Sequence[SweepRun], path: str | Path, title: str = "") -
         i = min(range(len(xs)), key=lambda j: mean[j])
         ax.plot([xs[i]], [mean[i]], "*", ms=12, color=line[0].get_color())
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final validation loss (nats/token)")
     ax.set_title(title or "learning-rate transfer")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
