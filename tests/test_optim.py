@@ -89,6 +89,8 @@ def test_width_rule_and_bad_input() -> None:
         param_groups(m, 1.0, "mup")
     with pytest.raises(ValueError, match="lr must be"):
         param_groups(m, float("nan"))
+    with pytest.raises(ValueError, match="found no residual blocks in Sequential"):
+        param_groups(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1.0, "dslm")
     with pytest.raises(ValueError, match="has no lam/beta"):
         param_groups(m, 1.0, "dslm", blocks=[[torch.nn.Linear(2, 2)]])
 

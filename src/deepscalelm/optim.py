@@ -115,7 +115,12 @@ def param_groups(model: nn.Module, lr: float, parametrization: str = "standard",
         # eps by beta relative to the reference depth's beta (DSLM: sqrt(2/N_0); CompleteP: 1)
         ref_d = dslm_effective_depth(base_depth)
         ref_beta = math.sqrt(min(1.0, 2.0 / base_depth)) if parametrization == "dslm" else 1.0
-        for stack in (find_stacks(model) if blocks is None else blocks):
+        stacks = find_stacks(model) if blocks is None else blocks
+        if not stacks:
+            raise ValueError(f"parametrization={parametrization!r} found no residual blocks in "
+                             f"{type(model).__name__} (modules with float lam/beta): pass blocks=[[...], ...], "
+                             "one list of blocks per stack, or use parametrization='standard'")
+        for stack in stacks:
             for m in stack:
                 if not hasattr(m, "lam") or not hasattr(m, "beta"):
                     raise ValueError(f"block {type(m).__name__} has no lam/beta attributes: pass blocks whose "
