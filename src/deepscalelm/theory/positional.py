@@ -46,6 +46,7 @@ coupling terms carry the per-pair or per-window rotary factors of docs/rope.md ย
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import numpy as np
 
@@ -62,7 +63,7 @@ __all__ = ["window_masses", "window_masses_var", "attention_forward", "attention
 _Z = np.arange(-6.0, 6.0 + 1e-9, 0.75)
 _ZW = np.exp(-0.5 * _Z * _Z)
 _ZW /= _ZW.sum()
-_MASS_MEMO: dict = {}
+_MASS_MEMO: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def window_masses(L: int, v: float) -> tuple[np.ndarray, np.ndarray]:
@@ -134,15 +135,24 @@ def _rho1(win: _Win, geo: _Geom) -> np.ndarray:
         w = np.clip((vm - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
         ext = np.maximum(geo.n[mx] * win.S[mx], 1.0) ** win.C
         rho1 = np.where(w > 0.0, w * (ext - 1.0) + (1.0 - w) * rho1, rho1)
-    return rho1
+    return cast(np.ndarray, rho1)
 
 
 class _Geom:
     """Position-pair constants of one sequence length (memoised)."""
 
-    _memo: dict = {}
+    n: np.ndarray
+    inv: np.ndarray
+    one_m: np.ndarray
+    inv_ik: np.ndarray
+    over_max: np.ndarray
+    eps_base: np.ndarray
+    off: np.ndarray
+    maxidx: np.ndarray
+    pair_inv: np.ndarray
+    _memo: dict[int, _Geom] = {}
 
-    def __new__(cls, L: int):
+    def __new__(cls, L: int) -> _Geom:
         g = cls._memo.get(L)
         if g is None:
             g = super().__new__(cls)
@@ -194,7 +204,17 @@ class _Win:
     """Per-window forward statistics of a causal head's input: correlation matrix C, mean variance
     s2, window correlations r_n (mean off-diagonal correlation of keys 1..n), logit variances."""
 
-    def __init__(self, head, K: np.ndarray) -> None:
+    C: np.ndarray
+    s2: float
+    r: np.ndarray
+    ss: float
+    rope: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None
+    v: np.ndarray
+    S: np.ndarray
+    Cm: np.ndarray
+    J: np.ndarray
+
+    def __init__(self, head: Any, K: np.ndarray) -> None:
         L = len(K)
         sd = np.sqrt(np.maximum(np.diag(K), 1e-300))
         self.C = np.clip(K / np.outer(sd, sd), -1.0, 1.0)
@@ -229,7 +249,7 @@ def _exchangeable_cov(x: Signal, L: int) -> np.ndarray:
     return K
 
 
-def attention_forward(comp, K: np.ndarray, win: _Win | None = None) -> np.ndarray:
+def attention_forward(comp: Any, K: np.ndarray, win: _Win | None = None) -> np.ndarray:
     """L x L token covariance of a causal `AttentionBlock` output (after its dropout), given the
     covariance K of its input (docs/causal_attention.md ยง3 with window n = i and the window's own
     correlation; query pairs: shared keys with rho_ik = e^{C_ik v})."""
@@ -256,21 +276,21 @@ def attention_forward(comp, K: np.ndarray, win: _Win | None = None) -> np.ndarra
     c2m = c2[mx] if w.rope is None else c2[mx] * w.rope[2][mx]
     out += (rho1 * geo.one_m * (1.0 - r[mx]) * s2 + 2.0 * c2m) * geo.inv[mx]
     out[np.diag_indices(L)] = np.maximum(var, 0.0)
-    return out * ((d * head.v_var) * (d * comp.o_var))
+    return cast(np.ndarray, out * ((d * head.v_var) * (d * comp.o_var)))
 
 
-def attention_position_var(comp, x: Signal) -> np.ndarray:
+def attention_position_var(comp: Any, x: Signal) -> np.ndarray:
     """Per-position variance of a causal `AttentionBlock` output for an exchangeable input ``x``;
     its mean over positions is the pooled block variance."""
     out = np.diag(attention_forward(comp, _exchangeable_cov(x, comp.seq_len))).copy()
-    return out / (1.0 - comp.dropout)
+    return cast(np.ndarray, out / (1.0 - comp.dropout))
 
 
 _FFN_GRID = np.linspace(-1.0, 1.0, 41)
-_FFN_MEMO: dict = {}
+_FFN_MEMO: dict[tuple[Any, float], tuple[float, np.ndarray]] = {}
 
 
-def ffn_forward(comp, K: np.ndarray) -> np.ndarray:
+def ffn_forward(comp: Any, K: np.ndarray) -> np.ndarray:
     """L x L token covariance of an `FFNBlock` output, per position pair from the pair's correlation
     (the pooled formula tabulated over the correlation and interpolated)."""
     s2 = float(np.mean(np.diag(K)))
@@ -279,6 +299,7 @@ def ffn_forward(comp, K: np.ndarray) -> np.ndarray:
     if tab is None:
         if len(_FFN_MEMO) > 256:
             _FFN_MEMO.clear()
+        covs: list[float] | np.ndarray   # the list of table rows, then the table
         covs = []
         for c in _FFN_GRID:
             f = comp.forward(Signal(0.0, s2, float(c)))
@@ -290,10 +311,10 @@ def ffn_forward(comp, K: np.ndarray) -> np.ndarray:
     C = np.clip(K / np.outer(sd, sd), -1.0, 1.0)
     out = np.interp(C, _FFN_GRID, covs)
     out[np.diag_indices(len(K))] = var
-    return out
+    return cast(np.ndarray, out)
 
 
-def _attention_backward(comp, x, G: np.ndarray, win: _Win | None = None) -> np.ndarray:
+def _attention_backward(comp: Any, x: Signal | np.ndarray | None, G: np.ndarray, win: _Win | None = None) -> np.ndarray:
     """Gradient covariance at the input of a causal `AttentionBlock` (all heads), given the one at
     its output (after the output dropout). ``x``: the input's covariance matrix (or a `Signal`,
     taken as exchangeable)."""
@@ -301,7 +322,7 @@ def _attention_backward(comp, x, G: np.ndarray, win: _Win | None = None) -> np.n
     L, d, dk = comp.seq_len, comp.d_model, head.d_head
     geo = _Geom(L)
     if win is None:
-        win = _Win(head, _exchangeable_cov(x, L) if isinstance(x, Signal) else x)
+        win = _Win(head, _exchangeable_cov(x, L) if isinstance(x, Signal) else cast(np.ndarray, x))
     # output dropout (diagonal only) and the output projection
     Gh = G.copy()
     Gh[np.diag_indices(L)] /= (1.0 - comp.dropout)
@@ -352,10 +373,10 @@ def _attention_backward(comp, x, G: np.ndarray, win: _Win | None = None) -> np.n
             + q_diag
             + ss * base * _suffix((a - r) * jm * inv * u))
     out[np.diag_indices(L)] += diag
-    return comp.n_heads * out
+    return cast(np.ndarray, comp.n_heads * out)
 
 
-def _linear_backward(comp, x: Signal, G: np.ndarray, kv: Signal | None = None) -> np.ndarray:
+def _linear_backward(comp: Any, x: Signal, G: np.ndarray, kv: Signal | None = None) -> np.ndarray:
     """A position-wise block (FFN, cross-attention query path): the pooled backward is linear in
     (variance, covariance), so it acts on G as one gain on the diagonal and one off it."""
     if kv is None:
@@ -366,7 +387,7 @@ def _linear_backward(comp, x: Signal, G: np.ndarray, kv: Signal | None = None) -
         gc = comp.backward(x, Grad(1.0, 1.0), kv=kv).cov
     out = G * gc
     out[np.diag_indices(len(G))] = np.diag(G) * gv
-    return out
+    return cast(np.ndarray, out)
 
 
 def pooled(G: np.ndarray) -> Grad:
@@ -396,10 +417,10 @@ def _ln_corr(Z: np.ndarray, d: int, dims: int | None = None) -> np.ndarray:
     C = np.clip(Z / np.outer(sd, sd), -1.0, 1.0)
     C = C * (1.0 - (1.0 - C * C) / (2.0 * n))
     C[np.diag_indices(len(Z))] = 1.0
-    return C
+    return cast(np.ndarray, C)
 
 
-def forward_positional(config, steps, emb: Signal) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def forward_positional(config: Any, steps: Any, emb: Signal) -> list[tuple[np.ndarray, np.ndarray, _Win | None]]:
     """Per step: (per-position variance of the stream before the merge, of z = lam x + beta F, and
     the window statistics `_Win` of a causal attention block's input, None for other blocks)."""
     L, d = config.seq_len, config.d_model
@@ -437,7 +458,8 @@ def _rms_grad(G: np.ndarray, rms: RMSNorm | None, corr: float) -> np.ndarray:
     return G
 
 
-def causal_backward(config, steps, g_top: Grad, emb: Signal | float, seed: Grad | None = None):
+def causal_backward(config: Any, steps: Any, g_top: Grad, emb: Signal | float,
+                    seed: Grad | None = None) -> tuple[list[Grad], Grad, list[Grad]]:
     """Backward pass of one causal stack with position-resolved gradient covariance.
 
     ``g_top`` is the gradient at the stack's last stream point (Post-LN; after the final LayerNorm
