@@ -7,13 +7,15 @@
 * `schemes`: dslm, xavier, normal, gpt2, deepnet (the paper's DeepScaleLM scheme; the authors' Xavier baseline).
 """
 
+from typing import Any
+
 from .moments import Grad, Signal
 from .schemes import Scheme, get_scheme
 
 __all__ = ["Signal", "Grad", "Scheme", "get_scheme", "predict", "components", "blocks", "schemes"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "predict":
         from .model import predict
 

@@ -50,9 +50,10 @@ sigma^2 -> sigma^2 + mu^2 and r -> (r sigma^2 + mu^2)/(sigma^2 + mu^2) (the same
 from __future__ import annotations
 
 import math
+from typing import Any, Literal, cast, overload
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
-from .rope import rope_geometry
+from .rope import RopeGeometry, rope_geometry
 from .softmax_quad import (
     CLOSURE_MAX_VAR,
     CLOSURE_VALID_VAR,
@@ -65,6 +66,9 @@ from .softmax_quad import (
     quad_weight,
     window_sums_quad,
 )
+
+# the input moments of one head (`Attention._moments`): (s2x, rx, s2k, rk, ss, v)
+_Moments = tuple[float, float, float, float, float, float]
 
 __all__ = ["Softmax", "Attention", "sphere_logit_var", "softmax_sq_mass", "softmax_masses", "jac_mass",
            "VALID_LOGIT_VAR", "MC_CHECKED_LOGIT_VAR", "MAX_LOGIT_VAR", "LogitVarianceError", "logit_var_note"]
@@ -413,7 +417,7 @@ def _position_sums(L: int) -> tuple[float, float, float, float]:
 # _V_STEP^2 / 8 * |f''| / f ~ 5e-5 relative for v <= 4, far under the formulas' own error.
 _V_STEP = 1.0 / 64.0
 _V_GRID_MAX = 16.0
-_GRID_CACHE: dict[tuple, object] = {}
+_GRID_CACHE: dict[tuple[str, int, int], _SqMassTable | tuple[float, float]] = {}
 # beyond _V_GRID_MAX (quadrature only) the nodes are geometric, v_k = _V_GRID_MAX * _V_RATIO^k
 _V_RATIO = 1.02
 
@@ -437,7 +441,11 @@ class _MassSums:
         self.quad = a.quad or b.quad
 
 
-def _grid(kind: str, n: int, k: int):
+@overload
+def _grid(kind: Literal["win", "win_g"], n: int, k: int) -> _SqMassTable: ...
+@overload
+def _grid(kind: Literal["full", "full_g"], n: int, k: int) -> tuple[float, float]: ...
+def _grid(kind: str, n: int, k: int) -> _SqMassTable | tuple[float, float]:
     key = (kind, n, k)
     hit = _GRID_CACHE.get(key)
     if hit is None:
@@ -576,7 +584,7 @@ class _RopeWindows:
 
     __slots__ = ("sum_s", "sum_s_n", "sum_j", "sum_jq", "sum_coh", "sum_cpl", "s", "j")
 
-    def __init__(self, geo, ss: float, r: float, causal: bool) -> None:
+    def __init__(self, geo: RopeGeometry, ss: float, r: float, causal: bool) -> None:
         L = geo.seq_len
         a1 = a2 = aj = ajq = acoh = acpl = 0.0
         s = j = 1.0
@@ -681,7 +689,11 @@ class Attention:
         m = self.d_model * self.d_model * s2x * s2k
         return self.d_head / self._norm_n / m if m > 0 else 0.0
 
-    def _key_corr(self, rk):
+    @overload
+    def _key_corr(self, rk: float) -> float: ...
+    @overload
+    def _key_corr(self, rk: Any) -> Any: ...   # a numpy array (`positional`); this module stays numpy-free
+    def _key_corr(self, rk: Any) -> Any:
         """Token correlation of the keys entering the logits (float or numpy array): ``rk``, or
         with ``qk_norm`` the per-head norm's map r (1 - (1 - r^2)/(2n))."""
         if self.qk_norm is None:
@@ -737,7 +749,7 @@ class Attention:
         key/value stream ``kv`` of a cross-attention): the variable the softmax moments depend on."""
         return self._moments(x, kv)[5]
 
-    def _moments(self, x: Signal, kv: Signal | None):
+    def _moments(self, x: Signal, kv: Signal | None) -> _Moments:
         s2x, rx = _fold_mean(x)
         if kv is None:
             s2k, rk = s2x, rx
@@ -773,7 +785,7 @@ class Attention:
         return self._forward_ctx(x, kv)[:2]
 
     def _forward_ctx(self, x: Signal, kv: Signal | None = None
-                     ) -> tuple[float, float, tuple, _SqMassTable | _MassSums | None]:
+                     ) -> tuple[float, float, _Moments, _SqMassTable | _MassSums | _RopeWindows | None]:
         """`_forward_unscaled` plus the input moments (`_moments`) and the causal window sums it
         used, which the backward pass of the same input needs again (`_backward_ctx`)."""
         if kv is not None and self.causal:
@@ -781,6 +793,7 @@ class Attention:
         if kv is not None and self.rope:
             raise ValueError("rope must be False for cross-attention (kv given)")
         m = self._moments(x, kv)
+        tab: _SqMassTable | _MassSums | _RopeWindows | None
         if self.rope:
             tab = self._rope_table(m)
             var, cov = self._rope_forward(m, tab)
@@ -789,7 +802,8 @@ class Attention:
         var, cov = self._forward_from(m, tab, kv)
         return var, cov, m, tab
 
-    def _forward_from(self, m: tuple, tab, kv: Signal | None) -> tuple[float, float]:
+    def _forward_from(self, m: _Moments, tab: _SqMassTable | _MassSums | None, kv: Signal | None
+                      ) -> tuple[float, float]:
         s2x, rx, s2k, rk, ss, v = m
         d, L = self.d_model, self.seq_len
         a = 1.0 / (1.0 - self.attn_dropout)
@@ -813,6 +827,7 @@ class Attention:
         diag = 4.0 if kv is None else 0.0           # query-side coupling exists only for self-attention
         w = quad_weight(v)
         if self.causal:
+            assert tab is not None   # _forward_ctx builds the window sums for an exact causal head
             var = (rk * s2k + s2k * (a - rk) * tab.sum_s / L
                    + c2 * ((L - self._harm) + diag * a * (tab.sum_s - tab.sum_s_n)) / L)
             if w > 0.0:
@@ -878,11 +893,13 @@ class Attention:
             return self._grad(qv, qc)
         return self._backward_ctx(x, g, self._moments(x, None), None)
 
-    def _backward_ctx(self, x: Signal, g: Grad, m: tuple, tab) -> Grad:
+    def _backward_ctx(self, x: Signal, g: Grad, m: _Moments,
+                      tab: _SqMassTable | _MassSums | _RopeWindows | None) -> Grad:
         """Self-attention `backward` given the input moments ``m`` (`_moments`) and, if known, the
         causal window sums ``tab`` at its effective logit variance: the three paths share them."""
         if self.rope:
-            return self._grad(*self._rope_backward(m, g, tab))
+            return self._grad(*self._rope_backward(m, g, cast("_RopeWindows | None", tab)))
+        tab = cast("_SqMassTable | _MassSums | None", tab)   # a rope-free head's window sums
         if tab is None and self.causal and (self.exact or self.qk_grad):
             tab = self._table(m[5])
         vv, vc = self._value_path(x, g, None, m, tab)
@@ -906,8 +923,8 @@ class Attention:
         kv_, kc = self._k_path(x, g, kv)
         return self._grad(vv + kv_, vc + kc)
 
-    def _value_path(self, x: Signal, g: Grad, kv: Signal | None, m: tuple | None = None,
-                   tab: object = None) -> tuple[float, float]:
+    def _value_path(self, x: Signal, g: Grad, kv: Signal | None, m: _Moments | None = None,
+                   tab: _SqMassTable | _MassSums | None = None) -> tuple[float, float]:
         s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
         scale = self.d_head * self.v_var * g.var
@@ -945,8 +962,8 @@ class Attention:
         cov = lq * (1.0 - s) / (L * (L - 1)) + rg * pairs * (L - rho) / (L - 1)
         return scale * var, scale * cov
 
-    def _q_path(self, x: Signal, g: Grad, kv: Signal | None, m: tuple | None = None,
-               tab: object = None) -> tuple[float, float]:
+    def _q_path(self, x: Signal, g: Grad, kv: Signal | None, m: _Moments | None = None,
+               tab: _SqMassTable | _MassSums | None = None) -> tuple[float, float]:
         """Gradient at the query input through the softmax and W_Q (first order)."""
         s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
@@ -972,8 +989,8 @@ class Attention:
             cov = (1.0 - rk) * g.corr * f / L + g.corr * coh * (1.0 - s) ** 2
         return scale * var, scale * cov
 
-    def _k_path(self, x: Signal, g: Grad, kv: Signal | None, m: tuple | None = None,
-               tab: object = None) -> tuple[float, float]:
+    def _k_path(self, x: Signal, g: Grad, kv: Signal | None, m: _Moments | None = None,
+               tab: _SqMassTable | _MassSums | None = None) -> tuple[float, float]:
         """Gradient at the key input through the softmax and W_K (first order)."""
         s2x, rx, s2k, rk, ss, v = self._moments(x, kv) if m is None else m
         L = self.seq_len
@@ -993,19 +1010,21 @@ class Attention:
         return scale * var, 0.0
 
     # ----------------------------------------------------------------------------- rotary positions
-    def _rope_table(self, m: tuple) -> _RopeWindows:
+    def _rope_table(self, m: _Moments) -> _RopeWindows:
         """Window masses under rotary positions for the input moments ``m`` (`_moments`)."""
+        assert self._geo is not None   # set in __init__ for rope=True
         return _RopeWindows(self._geo, m[4], m[3], self.causal)
 
-    def _rope_rho1(self, m: tuple) -> float:
+    def _rope_rho1(self, m: _Moments) -> float:
         """e^{kappa sigma_s^2} - 1: the correlated-attention excess of two different queries on a common
         key (docs/rope.md §3). Without rotation kappa = r (1 - r), i.e. e^{r v} - 1 as in `_value_path`."""
         s2x, rx, s2k, rk, ss, v = m
         geo = self._geo
+        assert geo is not None   # set in __init__ for rope=True
         c, dd = (geo.ca_c, geo.ca_d) if self.causal else (geo.bi_c, geo.bi_d)
         return _exp((rx * (1.0 - rk) * c + rx * rk * dd) * ss) - 1.0
 
-    def _rope_forward(self, m: tuple, tab: _RopeWindows) -> tuple[float, float]:
+    def _rope_forward(self, m: _Moments, tab: _RopeWindows) -> tuple[float, float]:
         """(variance, covariance) / (d_model v_var) of the head output under rotary positions."""
         s2x, rx, s2k, rk, ss, v = m
         d, L = self.d_model, self.seq_len
@@ -1013,6 +1032,7 @@ class Attention:
         c2 = (1.0 - rk) ** 2 * d * self.q_var * self.k_var * s2x * s2k * s2k
         rho1 = self._rope_rho1(m)
         if not self.causal:
+            assert self._geo is not None   # set in __init__ for rope=True
             s, f, cf = tab.s, 1.0 - 1.0 / L, self._geo.c_full[L]
             var = rk * s2k + s2k * s * (a - rk) + c2 * f * (cf + 4.0 * a * s)
             cov = rk * s2k + ((1 - rk) * s2k * (1.0 + rho1 * f) + 2 * c2 * cf) / L
@@ -1027,12 +1047,13 @@ class Attention:
         cov = rk * s2k + (1 - rk) * s2k * own + 2 * c2 * pair * tab.sum_cpl / (L - self._harm)
         return var, cov
 
-    def _rope_backward(self, m: tuple, g: Grad, tab: _RopeWindows | None) -> tuple[float, float]:
+    def _rope_backward(self, m: _Moments, g: Grad, tab: _RopeWindows | None) -> tuple[float, float]:
         """(variance, covariance) of the input gradient under rotary positions: value path, plus the
         Q and K paths when ``qk_grad`` (docs/rope.md §4)."""
         tab = self._rope_table(m) if tab is None else tab
         s2x, rx, s2k, rk, ss, v = m
         d, L, geo = self.d_model, self.seq_len, self._geo
+        assert geo is not None   # set in __init__ for rope=True
         a = 1.0 / (1.0 - self.attn_dropout)
         rg = g.corr
         unit = self.d_head * self.v_var * g.var

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
 
@@ -168,7 +168,7 @@ def gelu_cross_moment(s2: float, r: float) -> float:
 def gelu_grad_moment(s2: float) -> float:
     """E[GeLU'(x)^2] for x ~ N(0, s2) (the backward gain)."""
     a = s2 / (1.0 + s2)
-    return 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / (1.0 + 2.0 * s2) ** 1.5) / _TWO_PI
+    return 0.5 + (-math.acos(a) + a * (5.0 * s2 + 3.0) / cast(float, (1.0 + 2.0 * s2) ** 1.5)) / _TWO_PI
 
 
 def gelu_grad_cross_moment(s2: float, r: float) -> float:
@@ -176,7 +176,7 @@ def gelu_grad_cross_moment(s2: float, r: float) -> float:
     a = s2 / (1.0 + s2)
     rs, ra = r * s2, r * a
     return 0.5 + (-math.acos(ra) + ra * ((s2 + 1.0) * (2.0 * s2 + 3.0) - 2.0 * rs ** 2)
-                  / ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5) / _TWO_PI
+                  / cast(float, ((s2 + 1.0) ** 2 - rs ** 2) ** 1.5)) / _TWO_PI
 
 
 @dataclass(frozen=True)
@@ -594,7 +594,7 @@ class Embedding:
         return Grad(m * g.var * (1.0 + (m - 1.0) * g.corr), 0.0)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # Softmax and Attention are defined in .attention; resolved lazily to avoid an import cycle.
     if name in ("Softmax", "Attention"):
         from . import attention

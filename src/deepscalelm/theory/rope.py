@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["RopeGeometry", "rope_geometry", "rope_kernel"]
 
@@ -125,14 +129,14 @@ class RopeGeometry:
         return csum / wsum, dsum / wsum
 
 
-    def pair_matrices(self):
+    def pair_matrices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(Kc, D, c_full, c_off) as numpy arrays for the position-resolved causal engine
         (`deepscalelm.theory.positional`), positions 1..L: Kc[i, k] = c(i - k);
         D[i, k] = (c(i - k) - m_ik) / (1 - 1/min(i, k)) with m over the common window 1..min(i, k)
         (0 where min = 1 and on the diagonal); c_full, c_off per window n = 1..L. Memoised."""
         hit = getattr(self, "_pairs", None)
         if hit is not None:
-            return hit
+            return cast("tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]", hit)
         import numpy as np
 
         L = self.seq_len

@@ -25,6 +25,7 @@ Cost: one set of convolutions per v (memoised; ~1-5 ms for v <= 20), then O(grid
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def jacobian_mass_quad(n: np.ndarray | int, v: float) -> np.ndarray:
     s = n_arr * (p1 @ k2)
     c = n_arr * (p1 @ k3)
     d = n_arr * (p1 @ k4) + n_arr * (n_arr - 1.0) * (p2 @ k22)
-    return np.maximum(s - 2.0 * c + d, 0.0)
+    return cast(np.ndarray, np.maximum(s - 2.0 * c + d, 0.0))
 
 
 # The log-normal closure of `attention.softmax_masses` was validated for effective logit variance
@@ -181,7 +182,7 @@ def pattern_corr_factor(rx: float, v: float, n: float, s_n: float) -> float:
     w = quad_weight(v)
     if w == 0.0:
         return base
-    ext = max(n * s_n, 1.0) ** rx
+    ext = cast(float, max(n * s_n, 1.0) ** rx)
     return w * ext + (1.0 - w) * base
 
 
@@ -224,7 +225,7 @@ def window_jac_mass(n: np.ndarray, v: np.ndarray, closure_j: np.ndarray) -> np.n
         hi = jacobian_mass_quad(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
         j[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
     w = np.clip((v - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
-    return w * j + (1.0 - w) * np.asarray(closure_j, dtype=float)
+    return cast(np.ndarray, w * j + (1.0 - w) * np.asarray(closure_j, dtype=float))
 
 
 _M2_MEMO: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -272,7 +273,7 @@ def logit_mean_sq(n: np.ndarray | int, v: float) -> np.ndarray:
         p1 = np.nan_to_num(np.exp(np.outer(n_arr - 1.0, lp)))
         p2 = np.nan_to_num(np.exp(np.outer(np.maximum(n_arr - 2.0, 0.0), lp)))
     p1[n_arr == 1.0] = 1.0
-    return (n_arr * (p1 @ k2) + n_arr * (n_arr - 1.0) * (p2 @ k11)) / v
+    return cast(np.ndarray, (n_arr * (p1 @ k2) + n_arr * (n_arr - 1.0) * (p2 @ k11)) / v)
 
 
 def window_logit_mean_sq(n: np.ndarray, v: np.ndarray) -> np.ndarray:
