@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 from .components import Attention, Dropout, GatedProduct, GeLU, Linear, ReLU, SiLU, _reuse_moments
 from .moments import Grad, Signal, _grad, _signal, clip_corr
@@ -45,8 +46,8 @@ class FFNBlock:
     activation: str = "relu"
     dropout: float = 0.0
     w3_var: float | None = None
-    _parts: tuple = field(init=False, repr=False, compare=False)
-    _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
+    _parts: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+    _memo: dict[Signal, list[Signal]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.activation not in _FFN_ACTIVATIONS:
@@ -55,9 +56,10 @@ class FFNBlock:
             if self.w3_var is None:
                 raise ValueError(f"w3_var (variance of the up projection W3) is required for the gated "
                                  f"activation {self.activation!r}")
-            parts: tuple = (Linear(self.d_model, self.d_ff, self.w1_var), GatedProduct(_GATED[self.activation]),
-                            Linear(self.d_model, self.d_ff, self.w3_var),
-                            Linear(self.d_ff, self.d_model, self.w2_var), Dropout(self.dropout))
+            parts: tuple[Any, ...] = (Linear(self.d_model, self.d_ff, self.w1_var),
+                                      GatedProduct(_GATED[self.activation]),
+                                      Linear(self.d_model, self.d_ff, self.w3_var),
+                                      Linear(self.d_ff, self.d_model, self.w2_var), Dropout(self.dropout))
         else:
             act = {"relu": ReLU, "gelu": GeLU, "silu": SiLU}[self.activation]()
             parts = (Linear(self.d_model, self.d_ff, self.w1_var), act,
@@ -84,12 +86,12 @@ class FFNBlock:
     def forward(self, x: Signal) -> Signal:
         if self.gated:
             return self._trace(x)[0]
-        return self._parts[-1].forward(self._inputs(x)[-1])
+        return cast(Signal, self._parts[-1].forward(self._inputs(x)[-1]))
 
     def backward(self, x: Signal, g: Grad) -> Grad:
         return self._backward_trace(x, None, g)
 
-    def _trace(self, x: Signal, kv: None = None) -> tuple[Signal, tuple]:
+    def _trace(self, x: Signal, kv: None = None) -> tuple[Signal, tuple[Any, ...]]:
         """(output, (mean, var, corr) at the input of each part after the first).
 
         The parts are chained through their float-level forms (`Linear._fwd` etc.: the formulas
@@ -111,11 +113,11 @@ class FFNBlock:
         c = fc2._fwd(*b)
         return _signal(*drop._fwd(*c)), (a, b, c)
 
-    def _backward_trace(self, x: Signal, trace: tuple | None, g: Grad, kv: None = None) -> Grad:
+    def _backward_trace(self, x: Signal, trace: tuple[Any, ...] | None, g: Grad, kv: None = None) -> Grad:
         """`backward` given the `_trace` of the input ``x`` (None: recompute it)."""
         return _grad(*self._backward_f(x, trace, g.var, g.corr))
 
-    def _backward_f(self, x: Signal, trace: tuple | None, g_var: float, g_corr: float,
+    def _backward_f(self, x: Signal, trace: tuple[Any, ...] | None, g_var: float, g_corr: float,
                     kv: None = None) -> tuple[float, float]:
         """`_backward_trace` as (variance, correlation): the engine feeds it to the LayerNorm and
         merge formulas without an intermediate record."""
@@ -128,9 +130,9 @@ class FFNBlock:
         gv, gc = drop._bwd(*c, g_var, g_corr)
         gv, gc = fc2._bwd(*b, gv, gc)
         gv, gc = act._bwd(*a, gv, gc)
-        return fc1._bwd(x.mean, x.var, x.corr, gv, gc)
+        return cast(tuple[float, float], fc1._bwd(x.mean, x.var, x.corr, gv, gc))
 
-    def _backward_gated(self, x: Signal, trace: tuple, g_var: float, g_corr: float) -> tuple[float, float]:
+    def _backward_gated(self, x: Signal, trace: tuple[Any, ...], g_var: float, g_corr: float) -> tuple[float, float]:
         a, b, h, c = trace
         fc1, gate, fc3, fc2, drop = self._parts
         gv, gc = drop._bwd(*c, g_var, g_corr)
@@ -153,12 +155,12 @@ class FFNBlock:
         if not a[1] > 0:
             return 0.0
         e_self, e_cross = _reuse_moments(_GATED[self.activation], a[1])
-        dm2 = self._parts[1]._act._gate_moments(a[1], 0.0)[2]
+        dm2: float = self._parts[1]._act._gate_moments(a[1], 0.0)[2]
         return self.d_ff * self.w1_var * gv * b[1] * (e_self - dm2 + 2.0 * e_cross) / self.d_model
 
 
 # head moments over d_model * v_var, per (head geometry, input, key/value input): see head_output
-_HEAD_MEMO: dict = {}
+_HEAD_MEMO: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
 
 @dataclass(frozen=True)
@@ -201,11 +203,11 @@ class AttentionBlock:
     rope_base: float = 10000.0
     n_kv_heads: int | None = None
     qk_norm: str | None = None
-    _head: object = field(init=False, repr=False, compare=False)
+    _head: Attention = field(init=False, repr=False, compare=False)
     _proj: Linear = field(init=False, repr=False, compare=False)
     _drop: Dropout = field(init=False, repr=False, compare=False)
-    _memo: dict = field(init=False, repr=False, compare=False, default_factory=dict)
-    _head_key: tuple = field(init=False, repr=False, compare=False)
+    _memo: dict[Any, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+    _head_key: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -238,7 +240,7 @@ class AttentionBlock:
         """
         return self._scale_head(self._head_raw(x, kv))
 
-    def _head_raw(self, x: Signal, kv: Signal | None) -> tuple:
+    def _head_raw(self, x: Signal, kv: Signal | None) -> tuple[Any, ...]:
         """`Attention._forward_ctx` of the input, through the shared memo (see head_output)."""
         key = (self._head_key, x, kv)
         raw = _HEAD_MEMO.get(key)
@@ -249,12 +251,12 @@ class AttentionBlock:
             _HEAD_MEMO[key] = raw
         return raw
 
-    def _scale_head(self, raw: tuple) -> Signal:
+    def _scale_head(self, raw: tuple[Any, ...]) -> Signal:
         """One head's output moments from `Attention._forward_ctx` (what `Attention.forward`
         does with it)."""
         return _signal(*self._head_moments(raw))
 
-    def _head_moments(self, raw: tuple) -> tuple[float, float, float]:
+    def _head_moments(self, raw: tuple[Any, ...]) -> tuple[float, float, float]:
         """(mean, var, corr) of `_scale_head`: `Attention._signal` of the scaled moments."""
         dv = self.d_model * self._head.v_var
         var = max(dv * raw[0], 0.0)
@@ -263,18 +265,18 @@ class AttentionBlock:
     def forward(self, x: Signal, kv: Signal | None = None) -> Signal:
         return self._drop.forward(self._proj.forward(self.head_output(x, kv)))
 
-    def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple]:
+    def _trace(self, x: Signal, kv: Signal | None = None) -> tuple[Signal, tuple[Any, ...]]:
         """(output, trace) for `_backward_trace`; the trace is `Attention._forward_ctx` of the
         input (the head's input moments and window sums, which its backward pass needs again)."""
         return self._trace_raw(self._head_raw(x, kv))
 
-    def _trace_raw(self, raw: tuple) -> tuple[Signal, tuple]:
+    def _trace_raw(self, raw: tuple[Any, ...]) -> tuple[Signal, tuple[Any, ...]]:
         """`_trace` from ``raw`` = `Attention._forward_ctx` of the input. The head output and its
         projection go through the float-level forms (`Linear._fwd`, `Dropout._fwd`): only the
         block output becomes a record."""
         return _signal(*self._drop._fwd(*self._proj._fwd(*self._head_moments(raw)))), raw
 
-    def _unit_output_var(self, raw: tuple) -> float:
+    def _unit_output_var(self, raw: tuple[Any, ...]) -> float:
         """``_trace_raw(raw)[0].var`` without building a record (DSLM's schedule)."""
         return self._drop._fwd(*self._proj._fwd(*self._head_moments(raw)))[1]
 
@@ -290,11 +292,11 @@ class AttentionBlock:
     def backward(self, x: Signal, g: Grad, kv: Signal | None = None) -> Grad:
         return self._backward_trace(x, None, g, kv)
 
-    def _backward_trace(self, x: Signal, trace, g: Grad, kv: Signal | None = None) -> Grad:
+    def _backward_trace(self, x: Signal, trace: tuple[Any, ...] | None, g: Grad, kv: Signal | None = None) -> Grad:
         """`backward` given the `_trace` of the input (None: recompute it)."""
         return _grad(*self._backward_f(x, trace, g.var, g.corr, kv))
 
-    def _backward_f(self, x: Signal, trace, g_var: float, g_corr: float,
+    def _backward_f(self, x: Signal, trace: tuple[Any, ...] | None, g_var: float, g_corr: float,
                     kv: Signal | None = None) -> tuple[float, float]:
         """`_backward_trace` as (variance, correlation) (see FFNBlock._backward_f)."""
         gh = self._grad_heads_f(g_var, g_corr)
@@ -306,7 +308,7 @@ class AttentionBlock:
             one = self._head.backward(x, gh)
         return self.n_heads * one.var, one.corr
 
-    def backward_kv(self, x: Signal, g: Grad, kv: Signal, trace=None) -> Grad:
+    def backward_kv(self, x: Signal, g: Grad, kv: Signal, trace: tuple[Any, ...] | None = None) -> Grad:
         gh = self._grad_heads(g)
         one = self._head.backward_kv(x, gh, kv)
         return _grad(self.n_heads * one.var, one.corr)

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 from ..config import ModelConfig
 from .naming import layer_blocks
+
+if TYPE_CHECKING:
+    from .schemes import Scheme
 
 
 def _ffn_corr_paper(r: float, p: float) -> float:
@@ -32,7 +36,7 @@ def paper_schedule(config: ModelConfig, r0: float) -> dict[str, float]:
 
     d, p = config.d_model, config.dropout
     out: dict[str, float] = {}
-    r_memory = None
+    r_memory: float | None = None
     for stack, n_layers, _causal in config.stacks():
         b2 = dslm_beta2(config, stack)
         l2 = 1.0 - b2
@@ -42,7 +46,7 @@ def paper_schedule(config: ModelConfig, r0: float) -> dict[str, float]:
                 if block == "ffn":
                     r_f = _ffn_corr_paper(r, p)
                 else:
-                    r_in = r_memory if block == "cross" else r
+                    r_in = cast(float, r_memory) if block == "cross" else r   # the encoder ran first
                     out[f"{stack}layers.{i}.{block}"] = math.sqrt((1 - p) / max(r_in, 1e-6)) / d
                     r_f = 1 - p
                 r = (l2 * r * s + b2 * r_f) / (l2 * s + b2)
@@ -52,7 +56,7 @@ def paper_schedule(config: ModelConfig, r0: float) -> dict[str, float]:
 
 
 def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
-                   merges: dict[str, tuple[float, float]], forward_out: dict | None = None
+                   merges: dict[str, tuple[float, float]], forward_out: dict[str, tuple[Any, ...]] | None = None
                    ) -> dict[str, float]:
     """sigma_V^2 (= sigma_O^2) per attention block so that its output variance is exactly 1.
 
@@ -70,7 +74,7 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
     probe = SimpleNamespace(weight_var=weight_var)
     memory = None
     for stack, _n, _c in config.stacks():
-        emb = embedding_signal(config, probe, stack)
+        emb = embedding_signal(config, cast("Scheme", probe), stack)
         steps, out = forward_stack(config, weight_var.__getitem__, merges.__getitem__, stack, emb,
                                    memory, vo_resolver=resolve)
         if forward_out is not None:
@@ -83,7 +87,7 @@ def exact_schedule(config: ModelConfig, weight_var: dict[str, float],
 
 def attention_vo_variances(config: ModelConfig, weight_var: dict[str, float] | None = None,
                            merges: dict[str, tuple[float, float]] | None = None,
-                           forward_out: dict | None = None) -> dict[str, float]:
+                           forward_out: dict[str, tuple[Any, ...]] | None = None) -> dict[str, float]:
     """Per attention block name (``{stack}layers.{i}.attn`` / ``.cross``): the V (= O) variance.
 
     Uses ``config.corr_schedule``: "paper" (the authors' recursion) or "exact" (needs the other

@@ -21,8 +21,10 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,7 +42,7 @@ from .softmax_quad import QUAD_FROM_VAR
 # name of a block in a record (`cross` is the module name, `cross_attn` the record name)
 _RECORD_BLOCK = {"attn": "attn", "cross": "cross_attn", "ffn": "ffn"}
 
-VOResolver = Callable[[str, Signal, "Signal | None", float], float]
+VOResolver = Callable[[str, Signal, "Signal | None", bool], float]
 
 
 class _UnitVOSchedule:
@@ -81,7 +83,7 @@ class _Step:
     name: str          # module name of the block, e.g. "layers.3.ffn"
     layer: int         # 1-based layer index
     block: str         # "attn" | "cross" | "ffn"
-    comp: object       # FFNBlock | AttentionBlock
+    comp: FFNBlock | AttentionBlock
     merge: ResidualMerge
     x: Signal          # stream before the merge
     h: Signal          # block input (LN(x) for Pre-LN, x for Post-LN)
@@ -89,7 +91,7 @@ class _Step:
     z: Signal          # lam*x + beta*F (before the Post-LN LayerNorm)
     y: Signal          # stream after the merge
     kv: Signal | None  # key/value stream of a cross-attention
-    trace: object = None  # the block's forward intermediates (`_trace`), reused by the backward pass
+    trace: tuple[Any, ...] | None = None  # the block's forward intermediates (`_trace`), reused by the backward pass
 
 
 def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
@@ -122,7 +124,7 @@ def embedding_signal(config: ModelConfig, scheme: Scheme, stack: str) -> Signal:
 
 
 @lru_cache(maxsize=4096)
-def _ffn_block(*args) -> FFNBlock:
+def _ffn_block(*args: Any) -> FFNBlock:
     return FFNBlock(*args)
 
 
@@ -181,7 +183,7 @@ def post_ln_forward(ln: LayerNorm, z: Signal, share: float) -> Signal:
 def block_forward(comp: FFNBlock | AttentionBlock, h: Signal, kv: Signal | None = None) -> Signal:
     """``comp.forward`` memoised: the DSLM schedule and the prediction evaluate the same blocks on
     the same inputs (blocks and signals are immutable, so the cache is exact)."""
-    return comp.forward(h, kv) if kv is not None else comp.forward(h)
+    return cast(AttentionBlock, comp).forward(h, kv) if kv is not None else comp.forward(h)
 
 
 def _make_block(config: ModelConfig, wv: Callable[[str], float], name: str, block: str,
@@ -220,10 +222,9 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
     merge_of: dict[tuple[float, float], ResidualMerge] = {}  # merges are shared (immutable)
     d, n_heads, seq_len, p, attn_p = (config.d_model, config.n_heads, config.seq_len,
                                       config.dropout, config.attn_dropout)
-    inline_vo = isinstance(vo_resolver, _UnitVOSchedule)
-    chosen = vo_resolver.chosen if inline_vo else None
+    unit_vo = vo_resolver if isinstance(vo_resolver, _UnitVOSchedule) else None
     d_ff, act = config.ffn_dim, config.activation
-    ffn_of: dict[tuple[float, float], FFNBlock] = {}
+    ffn_of: dict[tuple[float, ...], FFNBlock] = {}
     unit_of: dict[tuple[float, float, str], AttentionBlock] = {}
     normalised = False  # Post-LN: is the stream already a LayerNorm output?
     for i in range(n_layers):
@@ -231,17 +232,18 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
             name = f"{stack}layers.{i}.{block}"
             h = ln_forward(x) if pre else x
             kv = memory if block == "cross" else None
-            if inline_vo and block != "ffn":
+            comp: FFNBlock | AttentionBlock
+            if unit_vo is not None and block != "ffn":
                 # the unit-V/O block depends on the name only through the Q and K variances
-                key = (vo_resolver.weight_var(name + ".q.weight"),
-                       vo_resolver.weight_var(name + ".k.weight"), block)
+                key = (unit_vo.weight_var(name + ".q.weight"),
+                       unit_vo.weight_var(name + ".k.weight"), block)
                 unit = unit_of.get(key)
                 if unit is None:
-                    unit = unit_of[key] = vo_resolver.unit_block(name, block, causal)
+                    unit = unit_of[key] = unit_vo.unit_block(name, block, causal)
                 raw = unit._head._forward_ctx(h, kv)
                 var1 = unit._unit_output_var(raw)
                 s = 1.0 / var1 ** 0.5 if var1 > 0 else 1.0 / d   # vo_resolver.choose, inlined
-                chosen[name] = s
+                unit_vo.chosen[name] = s
                 comp = unit._with_vo(s, s)
                 f, trace = comp._trace_raw(raw)
             elif vo_resolver is not None and block != "ffn":
@@ -254,16 +256,17 @@ def forward_stack(config: ModelConfig, weight_var: Callable[[str], float],
                 f, trace = comp._trace(h, kv)
             elif block == "ffn":
                 # the FFN map depends on the name only through its two weight variances
-                w12 = (weight_var(name + ".fc1.weight"), weight_var(name + ".fc2.weight"))
+                w12: tuple[float, ...] = (weight_var(name + ".fc1.weight"), weight_var(name + ".fc2.weight"))
                 if gated:
                     w12 += (weight_var(name + ".fc3.weight"),)
-                comp = ffn_of.get(w12)
-                if comp is None:
-                    comp = ffn_of[w12] = _ffn_block(d, d_ff, w12[0], w12[1], act, p, *w12[2:])
-                f, trace = comp._trace(h)
+                ffn = ffn_of.get(w12)
+                if ffn is None:
+                    ffn = ffn_of[w12] = _ffn_block(d, d_ff, w12[0], w12[1], act, p, *w12[2:])
+                comp = ffn
+                f, trace = ffn._trace(h)
             else:
                 comp = _make_block(config, weight_var, name, block, causal)
-                f, trace = comp._trace(h, kv)
+                f, trace = cast(AttentionBlock, comp)._trace(h, kv)
             lam_beta = merges(name)
             merge = merge_of.get(lam_beta)
             if merge is None:
@@ -305,8 +308,9 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
         comp = st.comp
         # the block's, the LayerNorm's and the merge's backward, chained as (var, corr) floats
         if st.kv is not None:
-            gbv, gbc = comp._backward_f(st.h, st.trace, g_z.var, g_z.corr, st.kv)
-            gkv = comp.backward_kv(st.h, g_z, st.kv, st.trace)
+            attn = cast(AttentionBlock, comp)   # only attention blocks have a key/value stream
+            gbv, gbc = attn._backward_f(st.h, st.trace, g_z.var, g_z.corr, st.kv)
+            gkv = attn.backward_kv(st.h, g_z, st.kv, st.trace)
             kv_grads.append(_grad(st.merge.beta ** 2 * gkv.var, gkv.corr))
         else:
             gbv, gbc = comp._backward_f(st.h, st.trace, g_z.var, g_z.corr)
@@ -317,7 +321,7 @@ def backward_stack(config: ModelConfig, steps: list[_Step], g: Grad
 
 
 def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signal,
-             g_emb: Grad, invalid: set[str] = frozenset()) -> list[Record]:
+             g_emb: Grad, invalid: AbstractSet[str] = frozenset()) -> list[Record]:
     recs = [Record(stack_label, 0, "embedding", emb.mean, emb.var, emb.corr, g_emb.var, g_emb.corr,
                    valid=True)]
     new, append = object.__new__, recs.append
@@ -332,18 +336,18 @@ def _records(stack_label: str, steps: list[_Step], grads: list[Grad], emb: Signa
     return recs
 
 
-def _validity(fwd: list) -> tuple[set[str], list[str], float]:
+def _validity(fwd: list[tuple[str, Signal, list[_Step], Signal, Signal]]) -> tuple[set[str], list[str], float]:
     """Names of the attention steps whose effective logit variance is outside the validated range
     (`attention.logit_var_note`), one summary line per (stack, block type) with such steps, and the
     largest logit variance seen."""
     invalid: set[str] = set()
-    worst: dict[tuple[str, str], list] = {}
+    worst: dict[tuple[str, str], list[float]] = {}
     v_max = 0.0
     for stack, _emb, steps, _out, _final in fwd:
         for st in steps:
             if st.block == "ffn":
                 continue
-            v = st.comp._head.logit_var(st.h, st.kv)
+            v = cast(AttentionBlock, st.comp)._head.logit_var(st.h, st.kv)
             v_max = max(v_max, v)
             if logit_var_note(v) is None:
                 continue
@@ -402,7 +406,7 @@ def _describe(config: ModelConfig) -> str:
             f"n_heads={config.n_heads}, n_layers={config.n_layers}")
 
 
-def _backward(config: ModelConfig, label: str, run: Callable[[], tuple], v_max: float) -> tuple:
+def _backward(config: ModelConfig, label: str, run: Callable[[], tuple[Any, ...]], v_max: float) -> tuple[Any, ...]:
     """Run one stack's backward pass; a non-finite gradient moment (float overflow) becomes a
     ValueError that names the stack, the config and the largest attention logit variance."""
     try:
@@ -456,11 +460,13 @@ def _predict(config: ModelConfig, scheme: Scheme | str | None, seed: Grad,
         causal = {s: c for s, _n, c in stacks}[stack]
         if causal and positional:
             # causal stacks: position-resolved gradient covariance (theory/positional.py)
-            def run(steps=steps, g_top=g_top, emb=emb):
+            def run(steps: list[_Step] = steps, g_top: Grad = g_top, emb: Signal = emb) -> tuple[Any, ...]:
                 with np.errstate(over="ignore", invalid="ignore"):
-                    return causal_backward(config, steps, g_top, emb)
+                    return cast(tuple[Any, ...], causal_backward(config, steps, g_top, emb))
         else:
-            def run(steps=steps, g_top=g_top, out=out):
+            # mypy [misc]: the two variants bind different defaults (emb / out) on purpose
+            def run(steps: list[_Step] = steps, g_top: Grad = g_top,  # type: ignore[misc]
+                    out: Signal = out) -> tuple[Any, ...]:
                 return backward_stack(config, steps, ln.backward(out, g_top) if pre else g_top)
         grads, g_emb, kv_grads = _backward(config, label, run, v_max)
         recs = _records(label, steps, grads, emb, g_emb, invalid)

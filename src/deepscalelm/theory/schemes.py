@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from ..config import ModelConfig
 from .components import gelu_moments, silu_moments
@@ -163,7 +164,7 @@ def dslm_beta2(config: ModelConfig, stack: str = "") -> float:
     """
     n_layers = dict((s, n) for s, n, _ in config.stacks())[stack]
     n = _n_blocks(config, stack) if config.depth_unit == "blocks" else n_layers
-    beta2 = config.k / n ** config.alpha
+    beta2: float = config.k / n ** config.alpha
     if beta2 > 1.0:
         raise ValueError(f"k / N^alpha must be <= 1 for DSLM (beta^2 = k/N^alpha), got k={config.k}, "
                          f"N={n} ({config.depth_unit}), alpha={config.alpha}: lower k")
@@ -286,7 +287,7 @@ def dslm(config: ModelConfig) -> Scheme:
             b2 = dslm_beta2(config, stack)
             per_stack[stack] = (math.sqrt(1.0 - b2), math.sqrt(b2))
         merges[m] = per_stack[stack]
-    forward: dict = {}
+    forward: dict[str, tuple[Any, ...]] = {}
     vo = attention_vo_variances(config, wv, merges, forward)
     # vo lists the attention blocks in forward order, as `shapes` lists their weights: inserting
     # V then O per block gives the same order as a pass over `shapes` (without 5000 suffix tests)
