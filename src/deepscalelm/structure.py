@@ -328,7 +328,9 @@ _ROBERTA = dataclasses.replace(_BERT, family="roberta", head="lm_head.decoder", 
 
 
 def _llama_like(family: str, qk_norm: bool = False) -> Structure:
-    del qk_norm  # q_norm/k_norm are per-head norms inside attention: initialised as norms (gain 1)
+    # q_norm/k_norm are per-head norms inside attention: initialised as norms (gain 1); the diagnostics
+    # read the logits' q/k from their outputs (found on the attention module, `diagnostics.targets`)
+    del qk_norm
     return Structure(family=family, blocks="layers", q="self_attn.q_proj", k="self_attn.k_proj",
                      v="self_attn.v_proj", attn_out="self_attn.o_proj", mlp_in="mlp.up_proj",
                      mlp_gate="mlp.gate_proj", mlp_out="mlp.down_proj", attn_norm="input_layernorm",

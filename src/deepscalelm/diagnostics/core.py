@@ -13,7 +13,7 @@ from torch import nn
 from .recorder import Recorder
 from .report import CheckReport
 from .targets import AttentionSpec, StreamPoint, resolve_targets
-from .verdicts import judge
+from .verdicts import Verdict, judge
 
 __all__ = ["check", "build_rows", "PROTOCOLS"]
 
@@ -111,6 +111,13 @@ def build_rows(points: Sequence[StreamPoint], specs: Sequence[AttentionSpec], re
             owner["entropy"] = agg(min, "entropy", owner["entropy"])
             owner["entropy_norm"] = agg(min, "entropy_norm", owner["entropy_norm"])
     return rows, attention
+
+
+def unsupported_attention(specs: Sequence[AttentionSpec]) -> list[Verdict]:
+    """One ``attention_unsupported`` warning `Verdict` per attention module whose logits cannot be
+    reproduced from what the hooks read (its statistics are left out of the report)."""
+    return [Verdict("attention_unsupported", "warning", s.unsupported, name=s.name)
+            for s in specs if s.unsupported is not None]
 
 
 def _output_gradient(rows: list[dict[str, Any]], key: tuple[str, int, str]) -> Any:
@@ -266,10 +273,8 @@ def check(model: nn.Module, batch: Any, config: Any = None, *, streams: str | Se
     if config is not None:
         meta.update(_join_prediction(rows, config, getattr(model, "scheme", None), protocol))
     bad_w = [w["name"] for w in weights if isinstance(w["grad_norm"], float) and not math.isfinite(w["grad_norm"])]
-    verdicts = judge(rows, attn)
+    verdicts = judge(rows, attn) + unsupported_attention(specs)
     if not math.isfinite(loss_value):
-        from .verdicts import Verdict
-
         verdicts.insert(0, Verdict("nonfinite_loss", "error", f"the loss is {loss_value}",
                                    details={"loss": loss_value}))
     meta["nonfinite_weight_grads"] = bad_w

@@ -89,7 +89,7 @@ class Recorder:
                 d = t.shape[-1] // 3
                 slot["q"], slot["k"] = t[..., :d].detach(), t[..., d:2 * d].detach()
             else:
-                slot[part] = t.detach()
+                slot[part] = (t.flatten(2) if t.dim() == 4 else t).detach()  # q/k norm: [B, L, heads, dh]
             self._maybe_finish(spec)
         return hook
 
@@ -116,11 +116,14 @@ class Recorder:
         for p in self.points:
             self._handles.append(mods[p.name].register_forward_hook(self._stream_hook(p.name)))
         for a in self.attention:
+            if a.unsupported is not None:
+                continue  # reported as a warning (see `unsupported_attention`), never a wrong number
             if a.fused is not None:
                 self._handles.append(mods[a.fused].register_forward_hook(self._proj_hook(a, "fused")))
             else:
-                self._handles.append(mods[a.q].register_forward_hook(self._proj_hook(a, "q")))
-                self._handles.append(mods[a.k].register_forward_hook(self._proj_hook(a, "k")))
+                q, k = (a.q_norm, a.k_norm) if a.q_norm is not None and a.k_norm is not None else (a.q, a.k)
+                self._handles.append(mods[q].register_forward_hook(self._proj_hook(a, "q")))
+                self._handles.append(mods[k].register_forward_hook(self._proj_hook(a, "k")))
             if a.rotary:
                 self._handles.append(mods[a.name].register_forward_pre_hook(self._rotary_hook(a), with_kwargs=True))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -69,6 +69,10 @@ class AttentionSpec:
     Either ``q`` and ``k`` (module names whose outputs are [B, L, heads*dh]) or ``fused`` (one module
     whose output [B, L, 3*d] is [q | k | v]). ``rotary``: take (cos, sin) from the attention module's
     ``position_embeddings`` argument (Hugging Face Llama) and rotate q and k before the product.
+    ``q_norm``/``k_norm``: modules applied by the attention to the projected q/k before rotary
+    positions (Qwen3's per-head QK-norm, RMSNorm over head_dim); their outputs ([B, L, heads, dh] or
+    [B, L, heads*dh]) are read instead of the projections'. ``unsupported``: why the logits of this
+    module cannot be reproduced (no statistics are computed; the report carries a warning instead).
     """
 
     name: str
@@ -80,6 +84,27 @@ class AttentionSpec:
     fused: str | None = None
     rotary: bool = False
     scale: float | None = None
+    q_norm: str | None = None
+    k_norm: str | None = None
+    unsupported: str | None = None
+
+
+#: child names of a per-head q/k norm inside an attention module (Hugging Face Qwen3, OLMo2, Gemma3)
+_QK_NORM_NAMES = ("q_norm", "k_norm")
+
+
+def _qk_norm(name: str, module: nn.Module) -> dict[str, Any]:
+    """AttentionSpec fields for the q/k norm of attention ``module`` (named ``name``): the norm
+    module names when it has both as modules, an ``unsupported`` reason when it has only one or they
+    are not modules (their application cannot be reproduced), nothing when it has none."""
+    found = {a: getattr(module, a, None) for a in _QK_NORM_NAMES}
+    if all(v is None for v in found.values()):
+        return {}
+    if all(isinstance(v, nn.Module) for v in found.values()):
+        return {"q_norm": f"{name}.q_norm", "k_norm": f"{name}.k_norm"}
+    kinds = ", ".join(f"{a}={type(v).__name__}" for a, v in found.items())
+    return {"unsupported": f"attention {name!r} normalises q/k ({kinds}) in a way the logit statistics cannot "
+                           "reproduce; its logit variance and entropy are not reported"}
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
@@ -180,8 +205,21 @@ def _foreign(model: nn.Module, res: Resolved, preset: str) -> tuple[list[StreamP
         else:
             kv = _config_attr(model, mods[a], _KV_ATTRS) or heads
             attns.append(AttentionSpec(a, heads, kv, st.causal, q=layer.parts["q"], k=layer.parts["k"],
-                                       rotary=st.rotary))
+                                       rotary=st.rotary, **_qk_norm(a, mods[a])))
     return points, attns
+
+
+def _check_spec_norm(model: nn.Module, spec: AttentionSpec) -> AttentionSpec:
+    """``spec`` marked unsupported when its attention module has a q/k norm the spec does not name
+    (the projections' outputs are not what the logits are made of)."""
+    if spec.q_norm is not None or spec.unsupported is not None:
+        return spec
+    found = _qk_norm(spec.name, dict(model.named_modules())[spec.name])
+    if not found:
+        return spec
+    why = found.get("unsupported") or (f"attention {spec.name!r} has q_norm/k_norm modules that the given "
+                                       "AttentionSpec does not name (set q_norm= and k_norm=)")
+    return replace(spec, unsupported=why)
 
 
 def _auto_attention(model: nn.Module, name: str, causal: bool | None) -> AttentionSpec:
@@ -198,7 +236,8 @@ def _auto_attention(model: nn.Module, name: str, causal: bool | None) -> Attenti
     q = next((c for c in _Q_NAMES if c in children), None)
     k = next((c for c in _K_NAMES if c in children), None)
     if q and k:
-        return AttentionSpec(name, n_heads, n_kv, causal, q=f"{name}.{q}", k=f"{name}.{k}")
+        return AttentionSpec(name, n_heads, n_kv, causal, q=f"{name}.{q}", k=f"{name}.{k}",
+                             **_qk_norm(name, module))
     fused = next((c for c in _FUSED_NAMES if c in children), None)
     if fused:
         return AttentionSpec(name, n_heads, n_heads, causal, fused=f"{name}.{fused}")
@@ -283,10 +322,11 @@ def resolve_targets(model: nn.Module, streams: str | Sequence[str] | None = None
             attns = list(items)
             mods = {n for n, _ in model.named_modules()}
             for a in attns:
-                for sub in (a.name, a.q, a.k, a.fused):
+                for sub in (a.name, a.q, a.k, a.fused, a.q_norm, a.k_norm):
                     if sub is not None and sub not in mods:
                         raise DSLMError(f"attention spec names module {sub!r}, which {type(model).__name__} "
                                         f"lacks; {_suggest(sub, sorted(mods))}")
+            attns = [_check_spec_norm(model, a) for a in attns]
         else:
             attns = [_auto_attention(model, n, causal) for n in match_names(model, items, "attention")]
     if not points:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,9 @@ class Telemetry:
         self.model = model
         self.every = every
         self.points, self.specs, self.preset = resolve_targets(model, streams, attention, preset, causal)
+        for s in self.specs:
+            if s.unsupported is not None:
+                warnings.warn(s.unsupported, stacklevel=2)
         self._rec = Recorder(model, self.points, self.specs, grad_hooks=True, keep_outputs=False,
                              max_sequences=max_sequences)
         self.weight_norms = weight_norms
