@@ -50,6 +50,7 @@ sigma^2 -> sigma^2 + mu^2 and r -> (r sigma^2 + mu^2)/(sigma^2 + mu^2) (the same
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal, cast, overload
 
 from .moments import Grad, Signal, _grad, _signal, clip_corr
@@ -253,49 +254,38 @@ def softmax_masses(n: int, v: float) -> tuple[float, float]:
 
 
 _JAC_MEMO: dict[tuple[int, float], float] = {}
+_M_MEMO: dict[tuple[int, float], float] = {}
+
+
+def _grid_interp(memo: dict[tuple[int, float], float], fn: Callable[[int, float], Any], n: int, v: float) -> float:
+    """``fn(n, node)[0]`` linearly interpolated between the two v-grid nodes around ``v`` (the grid of
+    `_full_masses`: uniform steps, geometric beyond `_V_GRID_MAX`), each node memoised in ``memo``."""
+    if v >= _V_GRID_MAX:
+        k, t = _geo_node(v)
+        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
+    else:
+        k = int(v / _V_STEP)
+        t = v / _V_STEP - k
+        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
+    vals = []
+    for node in nodes:
+        hit = memo.get((n, node))
+        if hit is None:
+            if len(memo) > 20000:
+                memo.clear()
+            hit = memo[(n, node)] = float(fn(n, node)[0])
+        vals.append(hit)
+    return (1.0 - t) * vals[0] + t * vals[1]
 
 
 def _exact_jac(n: int, v: float) -> float:
     """`softmax_quad.jacobian_mass_quad` of one window on the v grid of `_full_masses` (memoised)."""
-    if v >= _V_GRID_MAX:
-        k, t = _geo_node(v)
-        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
-    else:
-        k = int(v / _V_STEP)
-        t = v / _V_STEP - k
-        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
-    vals = []
-    for node in nodes:
-        hit = _JAC_MEMO.get((n, node))
-        if hit is None:
-            if len(_JAC_MEMO) > 20000:
-                _JAC_MEMO.clear()
-            hit = _JAC_MEMO[(n, node)] = float(jacobian_mass_quad(n, node)[0])
-        vals.append(hit)
-    return (1.0 - t) * vals[0] + t * vals[1]
-
-
-_M_MEMO: dict[tuple[int, float], float] = {}
+    return _grid_interp(_JAC_MEMO, jacobian_mass_quad, n, v)
 
 
 def _logit_m(n: int, v: float) -> float:
     """`softmax_quad.logit_mean_sq` of one window, on the v grid of `_exact_jac` (memoised)."""
-    if v >= _V_GRID_MAX:
-        k, t = _geo_node(v)
-        nodes = (_V_GRID_MAX * _V_RATIO ** k, _V_GRID_MAX * _V_RATIO ** (k + 1))
-    else:
-        k = int(v / _V_STEP)
-        t = v / _V_STEP - k
-        nodes = (k * _V_STEP, (k + 1) * _V_STEP)
-    vals = []
-    for node in nodes:
-        hit = _M_MEMO.get((n, node))
-        if hit is None:
-            if len(_M_MEMO) > 20000:
-                _M_MEMO.clear()
-            hit = _M_MEMO[(n, node)] = float(logit_mean_sq(n, node)[0])
-        vals.append(hit)
-    return (1.0 - t) * vals[0] + t * vals[1]
+    return _grid_interp(_M_MEMO, logit_mean_sq, n, v)
 
 
 def jac_mass(s: float, c: float) -> float:
