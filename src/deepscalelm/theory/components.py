@@ -231,6 +231,19 @@ _SILU_TERMS = 64
 _SILU_MEMO: dict[float, tuple[float, float, tuple[float, ...], float, float, tuple[float, ...], float]] = {}
 
 
+def _trapezoid_grid(s2: float) -> tuple[Any, Any, Any]:
+    """(z, w, x) of the trapezoid rule over z ~ N(0, 1) on [-14, 14] used for SiLU/GeLU kernels at input
+    variance s2: nodes z, weights w (the Gaussian density times the step), inputs x = sqrt(s2) z; the
+    step resolves the sigmoid's poles at distance pi/s from the real axis."""
+    import numpy as np
+
+    s = math.sqrt(s2)
+    h = max(min(0.2, 0.6 / s), 0.005)
+    z = np.arange(-14.0, 14.0 + 0.5 * h, h)
+    w = np.exp(-0.5 * z * z) * (h / math.sqrt(_TWO_PI))
+    return z, w, s * z
+
+
 def _silu_series(s2: float) -> tuple[float, float, tuple[float, ...], float, float, tuple[float, ...], float]:
     """(mean, E[f^2], series of E[f f], its tail at r = 1, E[f'^2], series of E[f' f'], tail)."""
     hit = _SILU_MEMO.get(s2)
@@ -238,11 +251,7 @@ def _silu_series(s2: float) -> tuple[float, float, tuple[float, ...], float, flo
         return hit
     import numpy as np
 
-    s = math.sqrt(s2)
-    h = max(min(0.2, 0.6 / s), 0.005)
-    z = np.arange(-14.0, 14.0 + 0.5 * h, h)
-    w = np.exp(-0.5 * z * z) * (h / math.sqrt(_TWO_PI))
-    x = s * z
+    z, w, x = _trapezoid_grid(s2)
     sig = 0.5 * (1.0 + np.tanh(0.5 * x))          # overflow-free logistic
     f = x * sig
     fp = sig * (1.0 + x * (1.0 - sig))
@@ -283,11 +292,7 @@ def _reuse_moments(name: str, s2: float) -> tuple[float, float]:
         return hit
     import numpy as np
 
-    s = math.sqrt(s2)
-    h = max(min(0.2, 0.6 / s), 0.005)
-    z = np.arange(-14.0, 14.0 + 0.5 * h, h)
-    w = np.exp(-0.5 * z * z) * (h / math.sqrt(_TWO_PI))
-    x = s * z
+    z, w, x = _trapezoid_grid(s2)
     if name == "silu":
         cdf = 0.5 * (1.0 + np.tanh(0.5 * x))
         fp = cdf * (1.0 + x * (1.0 - cdf))

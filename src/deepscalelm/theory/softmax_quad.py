@@ -25,7 +25,8 @@ Cost: one set of convolutions per v (memoised; ~1-5 ms for v <= 20), then O(grid
 from __future__ import annotations
 
 import math
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 
@@ -189,23 +190,34 @@ def pattern_corr_factor(rx: float, v: float, n: float, s_n: float) -> float:
 _NODE_RATIO = 1.05   # geometric v-grid of `masses_per_window` (interpolation error ~1e-3 relative)
 
 
-def masses_per_window(n: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`masses_large_v` for windows with their own logit variances v_i > CLOSURE_MAX_VAR (arrays of
-    one length): evaluated at the nodes 2 * 1.05^k around each v_i (memoised across calls) and
-    interpolated linearly in log v, so L different variances cost a few node evaluations."""
+def _on_nodes(fn: Callable[[np.ndarray, float], Any], n: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``fn(n_i, v_i)`` for windows with their own logit variances v_i > CLOSURE_MAX_VAR: ``fn`` is
+    evaluated at the nodes 2 * 1.05^k around each v_i and interpolated linearly in log v, so L
+    different variances cost a few node evaluations. ``fn`` returns one array over the windows or a
+    tuple of them; the result has one row per returned array."""
     n = np.asarray(n, dtype=float)
     v = np.asarray(v, dtype=float)
     pos = np.log(v / CLOSURE_MAX_VAR) / math.log(_NODE_RATIO)
     k = np.floor(pos).astype(int)
     t = pos - k
-    s = np.empty_like(v)
-    c = np.empty_like(v)
+    out: np.ndarray | None = None
     for kk in np.unique(k):
         sel = k == kk
-        lo = masses_large_v(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk))
-        hi = masses_large_v(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
-        s[sel] = (1.0 - t[sel]) * lo[0] + t[sel] * hi[0]
-        c[sel] = (1.0 - t[sel]) * lo[1] + t[sel] * hi[1]
+        lo = np.atleast_2d(np.asarray(fn(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk)), dtype=float))
+        hi = np.atleast_2d(np.asarray(fn(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1)), dtype=float))
+        if out is None:
+            out = np.empty((lo.shape[0], v.size))
+        out[:, sel] = (1.0 - t[sel]) * lo + t[sel] * hi
+    if out is None:  # no windows: as many empty rows as fn returns arrays
+        out = np.atleast_2d(np.asarray(fn(n, CLOSURE_MAX_VAR), dtype=float))
+    return out
+
+
+def masses_per_window(n: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`masses_large_v` for windows with their own logit variances v_i > CLOSURE_MAX_VAR (arrays of
+    one length): evaluated at the nodes 2 * 1.05^k around each v_i (memoised across calls) and
+    interpolated linearly in log v (`_on_nodes`)."""
+    s, c = _on_nodes(masses_large_v, n, v)
     return s, c
 
 
@@ -213,17 +225,8 @@ def window_jac_mass(n: np.ndarray, v: np.ndarray, closure_j: np.ndarray) -> np.n
     """Exact Jacobian masses (`jacobian_mass_quad`) of windows with their own logit variances
     v_i > CLOSURE_MAX_VAR, on the nodes of `masses_per_window`, mixed with the closure's value
     ``closure_j`` = S - 2C + S^2 below QUAD_FROM_VAR like `masses_large_v`."""
-    n = np.asarray(n, dtype=float)
     v = np.asarray(v, dtype=float)
-    pos = np.log(v / CLOSURE_MAX_VAR) / math.log(_NODE_RATIO)
-    k = np.floor(pos).astype(int)
-    t = pos - k
-    j = np.empty_like(v)
-    for kk in np.unique(k):
-        sel = k == kk
-        lo = jacobian_mass_quad(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk))
-        hi = jacobian_mass_quad(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
-        j[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
+    j = cast(np.ndarray, _on_nodes(jacobian_mass_quad, n, v)[0])
     w = np.clip((v - CLOSURE_MAX_VAR) / (QUAD_FROM_VAR - CLOSURE_MAX_VAR), 0.0, 1.0)
     return cast(np.ndarray, w * j + (1.0 - w) * np.asarray(closure_j, dtype=float))
 
@@ -279,18 +282,7 @@ def logit_mean_sq(n: np.ndarray | int, v: float) -> np.ndarray:
 def window_logit_mean_sq(n: np.ndarray, v: np.ndarray) -> np.ndarray:
     """`logit_mean_sq` of windows with their own logit variances v_i > CLOSURE_MAX_VAR, on the nodes
     of `masses_per_window` (interpolated linearly in log v)."""
-    n = np.asarray(n, dtype=float)
-    v = np.asarray(v, dtype=float)
-    pos = np.log(v / CLOSURE_MAX_VAR) / math.log(_NODE_RATIO)
-    k = np.floor(pos).astype(int)
-    t = pos - k
-    out = np.empty_like(v)
-    for kk in np.unique(k):
-        sel = k == kk
-        lo = logit_mean_sq(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** int(kk))
-        hi = logit_mean_sq(n[sel], CLOSURE_MAX_VAR * _NODE_RATIO ** (int(kk) + 1))
-        out[sel] = (1.0 - t[sel]) * lo + t[sel] * hi
-    return out
+    return cast(np.ndarray, _on_nodes(logit_mean_sq, n, v)[0])
 
 
 def window_sums_quad(n_max: int, v: float) -> tuple[float, float, float, float, float, float]:
